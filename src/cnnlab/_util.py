@@ -1,0 +1,141 @@
+"""Small helpers shared by every layer: atomic files, devices, seeds, threads.
+
+This module sits below all layers and imports nothing from cnnlab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CnnlabError(Exception):
+    """An error a user can fix: the message names the input and what to do."""
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success.
+
+    A reader never sees a half-written file: the rename is atomic on POSIX,
+    and a crash or kill before it leaves the old file (if any) untouched and
+    only a stray ``.tmp`` file behind, which the next write replaces.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one integer."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto"):
+    """Return a torch.device: ``auto`` picks CUDA, then MPS, then the CPU."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CnnlabError(
+            f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N"
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError(f"--device {name!r} asked for CUDA but no CUDA GPU is visible; use cpu")
+    return device
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads; ``None`` keeps the CNNLAB_THREADS or torch default.
+
+    On a busy 2-core machine two OpenMP threads can run ten times slower than
+    one, so the count is a setting rather than a guess (see DESIGN.md).
+    """
+    import torch
+
+    if threads is None:
+        env = os.environ.get("CNNLAB_THREADS")
+        threads = int(env) if env else None
+    if threads is not None:
+        if threads < 1:
+            raise CnnlabError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def peak_memory_bytes(device=None) -> int:
+    """Peak memory of this process: CUDA's allocator peak on a GPU, max RSS on the CPU."""
+    import resource
+
+    import torch
+
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    # ru_maxrss is in kilobytes on Linux.
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on, for provenance."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("cnnlab", "torch", "torchvision", "kornia", "numpy", "scikit-learn"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
