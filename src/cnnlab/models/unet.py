@@ -4,9 +4,9 @@ Written here rather than taken from segmentation_models_pytorch because the
 CPU budgets of cnnlab need a *tiny* network: smp builds its U-Net around an
 ImageNet encoder (ResNet-18 is already 14 M parameters and expects 3 input
 channels), while a loss comparison on 64x64 crops on two CPU cores needs tens
-of thousands of parameters, a one-channel input and a depth that matches the
-crop size (unet_tiny has 0.12 M). The structure is the paper's: per level two 3x3 conv + BatchNorm +
-ReLU blocks, 2x2 max-pool down, 2x2 transposed conv up, skip connections by
+of thousands of parameters (unet_tiny has 0.12 M), a one-channel input and a
+depth that matches the crop size. The structure is the paper's: per level two
+3x3 conv + BatchNorm + ReLU blocks, 2x2 max-pool down, 2x2 transposed conv up, skip connections by
 concatenation, a 1x1 conv to one logit per pixel. Padding keeps the output the
 size of the input (the paper's valid convolutions shrink it), so H and W must
 be divisible by ``2 ** depth``.
