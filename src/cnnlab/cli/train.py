@@ -1,0 +1,206 @@
+"""``cnnlab train``: train a model on a dataset and leave a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cnnlab._util import CnnlabError
+
+TASKS = ("classify", "binary", "segment", "text", "speech", "tabular")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def validation_amount(text: str) -> float | int:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or a fraction in (0, 1), "
+                                         f"got {text}")
+    return value if value < 1 else int(value)
+
+
+def add_parser(subparsers) -> None:
+    from cnnlab.augment.affine import PRESETS
+    from cnnlab.train.config import OPTIMIZERS, SCHEDULES
+
+    parser = subparsers.add_parser(
+        "train", help="train a model and write a run directory",
+        description="Train a model on a dataset. The run directory receives config.json, "
+        "metrics.csv, curves.png, summary.json (test metrics and fit verdict) and the weights.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--task", choices=TASKS, default="classify",
+                      help="the learning task")
+    what.add_argument("--model", default="lenet5",
+                      help="model name (cnnlab inspect --list-models shows them)")
+    what.add_argument("--data", default="cifar10",
+                      help="dataset name (cifar10) or a path: a folder of class folders, a folder "
+                      "with train/ and test/, cifar-10-batches-py, or an .npz")
+    what.add_argument("--augment", default="none", choices=sorted(PRESETS),
+                      help="augmentation preset applied on the device per batch")
+    what.add_argument("--limit", type=positive_int, default=None,
+                      help="train on a deterministic stratified subset of N training images")
+    what.add_argument("--validation", type=validation_amount, default=0.1,
+                      help="validation split carved from train: a fraction or a count")
+    what.add_argument("--resize", type=positive_int, default=None,
+                      help="resize every image to N x N pixels")
+    what.add_argument("--skip-bad", action="store_true",
+                      help="skip unreadable image files (listed in skipped.json) instead of "
+                      "stopping")
+    what.add_argument("--out", default=None, help="run directory (default runs/<model>-<data>)")
+    what.add_argument("--resume", metavar="RUN", default=None,
+                      help="continue the run in this directory from its checkpoint")
+
+    model = parser.add_argument_group("model options (only those the model takes)")
+    model.add_argument("--activation", default=None, help="relu, leaky_relu, gelu, tanh, sigmoid")
+    model.add_argument("--pooling", default=None, help="lenet5: max or avg")
+    model.add_argument("--depth", type=positive_int, default=None,
+                       help="plain: convolutions; small_cnn: convolutions per stage")
+    model.add_argument("--norm", default=None, help="none, batch or group")
+    model.add_argument("--init", default=None,
+                       help="default, xavier, kaiming, orthogonal, normal, large")
+    model.add_argument("--residual", action="store_true", default=None,
+                       help="plain: add skip connections (a ResNet of the same depth)")
+    model.add_argument("--widths", default=None, help="small_cnn: channels per stage, e.g. 32,64")
+    model.add_argument("--dropout", type=float, default=None, help="dropout before the head")
+    model.add_argument("--downsample", default=None, help="small_cnn: max, avg, stride or none")
+    model.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other model option (JSON value), repeatable")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=positive_int, default=10)
+    optim.add_argument("--batch-size", type=positive_int, default=128)
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    optim.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
+    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--schedule", choices=SCHEDULES, default="none")
+    optim.add_argument("--warmup-epochs", type=float, default=0.0)
+    optim.add_argument("--label-smoothing", type=float, default=0.0)
+    optim.add_argument("--clip-norm", type=positive_float, default=None,
+                       help="clip the global gradient norm")
+    optim.add_argument("--clip-value", type=positive_float, default=None,
+                       help="clip each gradient element to [-V, V]")
+    optim.add_argument("--early-stopping", type=positive_int, default=None, metavar="EPOCHS",
+                       help="stop when validation loss has not improved for this many epochs")
+
+    run = parser.add_argument_group("running")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    run.add_argument("--threads", type=positive_int, default=None,
+                     help="torch threads (default: CNNLAB_THREADS or torch's choice)")
+    run.add_argument("--channels-last", action="store_true")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPU")
+    run.add_argument("--monitor", action="append", default=[], choices=["gradients"],
+                     help="watch gradients and activations while training")
+    output = run.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="print only the final summary")
+    output.add_argument("--jsonl", action="store_true",
+                        help="print one JSON object per epoch and the summary as JSON")
+    parser.set_defaults(handler=run_command)
+
+
+def model_options(args) -> dict:
+    options = {name: getattr(args, name) for name in
+               ("activation", "pooling", "depth", "norm", "init", "residual", "widths",
+                "dropout", "downsample")}
+    for item in args.model_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CnnlabError(f"--model-option {item!r} must look like KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def train_config(args):
+    from cnnlab.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, clip_norm=args.clip_norm,
+        clip_value=args.clip_value, early_stopping_patience=args.early_stopping,
+        device=args.device, seed=args.seed, threads=args.threads, amp=not args.no_amp,
+        channels_last=args.channels_last, compile=args.compile)
+
+
+def progress_callbacks(args) -> list:
+    from cnnlab.cli._progress import ConsoleProgress, JsonLinesProgress
+
+    if args.jsonl:
+        return [JsonLinesProgress()]
+    if args.quiet:
+        return []
+    return [ConsoleProgress()]
+
+
+def run_command(args) -> int:
+    if args.task != "classify":
+        from cnnlab.cli import _tasks
+
+        return _tasks.run_task(args)
+    from cnnlab.runs import RunSpec, train_run
+
+    spec = RunSpec(model=args.model, model_options=model_options(args), data=args.data,
+                   augment=None if args.augment == "none" else args.augment, limit=args.limit,
+                   validation=args.validation, resize=args.resize, skip_bad=args.skip_bad)
+    out = args.resume or args.out or f"runs/{args.model}-{_data_name(args.data)}"
+    callbacks = progress_callbacks(args) + monitor_callbacks(args, out)
+    result = train_run(spec, train_config(args), out, resume=args.resume is not None,
+                       callbacks=callbacks, progress=not (args.quiet or args.jsonl))
+    print_summary(result.summary, out, args.jsonl)
+    return 0
+
+
+def monitor_callbacks(args, out: str) -> list:
+    if not args.monitor:
+        return []
+    from cnnlab.diagnose.monitor import GradientMonitor
+
+    return [GradientMonitor(out)]
+
+
+def _data_name(data: str) -> str:
+    from pathlib import Path
+
+    return Path(data).name or "data"
+
+
+def print_summary(summary: dict, out: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"event": "summary", "run": out, **summary}, default=str)
+                         + "\n")
+        return
+    verdict = summary.get("fit_verdict", {})
+    test = summary.get("test")
+    print(f"run: {out}")
+    if test:
+        print(f"test: accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}")
+    print(f"time: {summary['wall_seconds']:.1f} s training, median "
+          f"{summary['train_images_per_second']:,.0f} images/s, peak memory "
+          f"{summary['peak_memory_bytes'] / 2**20:,.0f} MiB")
+    if verdict:
+        print(f"fit: {verdict['verdict']}: {verdict['reason']}")
