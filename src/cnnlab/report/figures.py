@@ -28,6 +28,7 @@ DPI = 100
 TRAIN_STYLE = {"linestyle": "--", "alpha": 0.8}
 VALIDATION_STYLE = {"linestyle": "-"}
 LABEL_CHARACTERS = 24  # tick labels longer than this are cut (the report's tables show them whole)
+LEGEND_CHARACTERS = 40
 
 
 def save_curves(
@@ -61,7 +62,7 @@ def save_curves(
                 split_name = "validation" if split == "val" else split
                 name = f"{label} {split_name}" if label else split_name
                 panel.plot(*zip(*points), color=color, marker="o", markersize=3,
-                           label=_plain(name), **style)
+                           label=_plain(_shorten(name, LEGEND_CHARACTERS)), **style)
         panel.set_xlabel("epoch")
         panel.set_ylabel(metric)
         panel.grid(alpha=0.3)
@@ -106,11 +107,12 @@ def save_bar(
             spread = [float(errors.get(g, {}).get(name, 0.0)) for g in groups]
         offsets = positions - 0.4 + width * (index + 0.5)
         bars = axes.bar(offsets, heights, width * 0.92, yerr=spread, capsize=3,
-                        color=f"C{index % 10}", label=_plain(name) if name else None)
+                        color=f"C{index % 10}",
+                        label=_plain(_shorten(name, LEGEND_CHARACTERS)) if name else None)
         if annotate:
             axes.bar_label(bars, labels=[_short_number(h) for h in heights], fontsize="small",
                            padding=2)
-    axes.set_xticks(positions, [_plain(g) for g in groups],
+    axes.set_xticks(positions, [_plain(_shorten(g, LABEL_CHARACTERS)) for g in groups],
                     rotation=30 if len(groups) > 5 else 0, ha="right" if len(groups) > 5 else "center")
     if log:
         axes.set_yscale("log")

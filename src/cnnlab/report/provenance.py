@@ -191,6 +191,9 @@ def gather_data_sources(studies: Iterable[tuple[str, dict[str, Any]]]) -> dict[s
                 known = sources.get(key)
             if known is None:
                 sources[key] = {**row, "studies": [study_name]}
-            elif study_name not in known["studies"]:
-                known["studies"].append(study_name)
+            else:
+                for field_name, value in row.items():  # one study may say more than another
+                    known.setdefault(field_name, value)
+                if study_name not in known["studies"]:
+                    known["studies"].append(study_name)
     return sources
