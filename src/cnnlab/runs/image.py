@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cnnlab._util import CnnlabError, write_json_atomic
+from cnnlab._util import CnnlabError, seed_everything, write_json_atomic
 from cnnlab.augment import build_augment
 from cnnlab.data import ArrayDataset, limit, load_images, split_validation
 from cnnlab.diagnose import fit_verdict
@@ -141,6 +141,7 @@ def train_run(spec: RunSpec, config: TrainConfig, out: str | Path | None, *,
 
     started = time.perf_counter()
     data = load_datasets(spec, config.seed, progress)
+    seed_everything(config.seed)  # the initial weights depend on the seed alone
     model = _model_for(spec, data.train)
     augment = build_augment(spec.augment, seed=config.seed)
     extra_callbacks = [CurvesCallback(run_dir / "curves.png", _title(spec))] if run_dir else []

@@ -165,6 +165,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict | None = None
         self.stop_requested = False
+        self.last_lr = config.lr
         self.stopped_reason = "completed"
         self._check_nonfinite_every = 1 if self.device.type == "cpu" else 50
 
@@ -204,10 +205,13 @@ class Trainer:
         c, total = self.config, self.total_steps
         warmup = int(round(c.warmup_epochs * self.steps_per_epoch))
         if c.schedule == "onecycle":
+            # The rising phase: the warm-up if one is set, else a quarter of the run; at least
+            # two steps, since OneCycleLR divides by the length of each phase.
+            rising = warmup / total if warmup else 0.25
+            rising = min(0.5, max(rising, 2.0 / total))
             return torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
-                total_steps=total, pct_start=max(0.05, min(0.5, warmup / total if warmup
-                                                            else 0.25)))
+                total_steps=total, pct_start=rising)
 
         def factor(step: int) -> float:
             if warmup and step < warmup:
@@ -287,7 +291,7 @@ class Trainer:
         row["fit_loss"], row["fit_accuracy"] = fit.get("loss"), fit.get("accuracy")
         val = evaluate_with(self, self.val_data) if self.val_data is not None else {}
         row["val_loss"], row["val_accuracy"] = val.get("loss"), val.get("accuracy")
-        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["lr"] = self.last_lr
         row["seconds"] = time.perf_counter() - started
         row["images_per_second"] = running.samples / train_seconds
         self.history.append(row)
@@ -324,6 +328,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.scheduler.step()
 
         batch = len(inputs)
