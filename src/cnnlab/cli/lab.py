@@ -135,4 +135,4 @@ def _print_summary(console: Any, lab: Any, *, quiet: bool) -> None:
         print(f"cnnlab lab: study {entry.name} failed: {first_line} (details in the report)",
               file=sys.stderr)
     for name, path in lab.files.items():
-        console.print(f"{name:>13}: {path}", markup=False)
+        console.print(f"{name:>13}: {path}", markup=False, soft_wrap=True)

@@ -263,7 +263,7 @@ class _Announcer:
             from rich.console import Console
 
             console = Console(stderr=True, highlight=False)
-            self.console = lambda text: console.print(text, markup=False)
+            self.console = lambda text: console.print(text, markup=False, soft_wrap=True)
 
     def __call__(self, text: str) -> None:
         if self.console is not None:
