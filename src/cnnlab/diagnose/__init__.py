@@ -8,6 +8,9 @@ from cnnlab.diagnose.fit import (
     FitVerdict,
     fit_verdict,
 )
+from cnnlab.diagnose.gradients import GradientThresholds, Verdict, diagnose, diagnose_run
+from cnnlab.diagnose.monitor import GradientMonitor, MonitorData, load_monitor
 
 __all__ = ["GOOD_FIT", "OVERFITTING", "UNDERFITTING", "FitThresholds", "FitVerdict",
-           "fit_verdict"]
+           "fit_verdict", "GradientThresholds", "Verdict", "diagnose", "diagnose_run",
+           "GradientMonitor", "MonitorData", "load_monitor"]
