@@ -10,15 +10,23 @@ from pathlib import Path
 import pytest
 
 from cnnlab.report import format_value, write_report
-from cnnlab.report.render import format_seconds, md_text, render_markdown, results_data
+from cnnlab.report.render import (format_column, format_seconds, md_text, render_markdown,
+                                  results_data)
 
 EXPECTED = Path(__file__).parent / "expected"
 REGENERATE = os.environ.get("CNNLAB_REGENERATE") == "1"
 
 
-def shown_number(text: str) -> float:
-    """Read a number back the way a person reads the page (independent of format_value)."""
-    return float(text.replace(",", ""))
+def read_shown_number(text: str) -> tuple[float, float]:
+    """A number as a person reads it on the page, and the rounding its digits allow.
+
+    ``"0.8735" -> (0.8735, 0.00005)``, ``"1,234" -> (1234, 0.5)``,
+    ``"2.500e-07" -> (2.5e-07, 5e-11)``; independent of the report's formatter.
+    """
+    text = text.replace(",", "")
+    mantissa, _, exponent = text.partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    return float(text), 0.5 * 10.0 ** (-decimals + int(exponent or 0))
 
 
 def test_written_files_are_the_three_report_files(sample_lab):
@@ -52,8 +60,10 @@ def test_html_tables_show_the_numbers_in_results_json(sample_lab, read_html):
                     if isinstance(value, bool) or value is None:
                         assert text == {True: "yes", False: "no", None: "—"}[value]
                     elif isinstance(value, (int, float)):
-                        shown = shown_number(text)
-                        assert shown == pytest.approx(value, rel=5e-4, abs=1e-12)
+                        shown, rounding = read_shown_number(text)
+                        assert abs(shown - value) <= rounding * (1 + 1e-9), (text, value)
+                        if isinstance(value, float) and value != 0:  # two digits kept at least
+                            assert rounding <= abs(value) * 0.05, (text, value)
                     elif value in ("NaN", "Infinity", "-Infinity"):
                         assert text == value
                     else:
@@ -161,6 +171,19 @@ def test_markdown_matches_expected_file(sample_lab):
 ])
 def test_format_value(value, text):
     assert format_value(value) == text
+
+
+@pytest.mark.parametrize("values, texts", [
+    ([1.0, 0.5], ["1.000", "0.500"]),
+    ([50.0, 67.5, None], ["50.00", "67.50", "—"]),
+    ([0.61234, 0.6456, 3], ["0.6123", "0.6456", "3"]),
+    ([100.0, 0.012], ["100.0", "0.01200"]),  # 0.0 would lose the small value: each on its own
+    ([2.5e-7, 0.5], ["2.500e-07", "0.5000"]),
+    ([float("nan"), 1.5, "n/a"], ["NaN", "1.500", "n/a"]),
+    (["a", "b"], ["a", "b"]),
+])
+def test_format_column_lines_up_decimals(values, texts):
+    assert format_column(values) == texts
 
 
 @pytest.mark.parametrize("seconds, text", [

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import __version__
-from cnnlab._util import CnnlabError, library_versions, seed_everything, write_json_atomic
+from cnnlab._util import (CnnlabError, library_versions, resolve_device, seed_everything,
+                          write_json_atomic)
 from cnnlab.lab.study import PROFILES, Study, StudyContext, StudyResult, studies
 from cnnlab.report import LabResult, Provenance, StudyEntry, machine_info, write_report
 from cnnlab.report.provenance import gather_data_sources
@@ -105,6 +106,10 @@ def run_lab(
     profile = profile or default_profile()
     if profile not in PROFILES:
         raise CnnlabError(f"profile {profile!r} is unknown; use one of {', '.join(PROFILES)}")
+    resolve_device(device)  # a bad --device fails here, not once per study
+    if data_root is not None and not Path(data_root).is_dir():
+        raise CnnlabError(f"--data-root {str(data_root)!r} is not a folder; pass the folder "
+                          "that holds the datasets (e.g. the one with cifar10-jpeg/)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = _Announcer(progress)

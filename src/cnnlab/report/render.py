@@ -261,11 +261,41 @@ def _setup_row(key: str, value: Any) -> tuple[str, str]:
 
 
 def _table_view(table: dict[str, Any]) -> dict[str, Any]:
-    rows = []
-    for row in table.get("rows", []):
-        rows.append([{"text": format_value(cell), "number": _is_number(cell),
-                      "raw": json.dumps(cell, ensure_ascii=False)} for cell in row])
-    return {**table, "cells": rows}
+    rows = table.get("rows", [])
+    width = max((len(row) for row in rows), default=0)
+    columns = [[row[index] if index < len(row) else None for row in rows]
+               for index in range(width)]
+    texts = [format_column(column) for column in columns]
+    numeric = [any(_is_number(v) for v in column)
+               and all(_is_number(v) or v is None for v in column) for column in columns]
+    cells = [[{"text": texts[index][row_index], "number": _is_number(cell),
+               "raw": json.dumps(cell, ensure_ascii=False)}
+              for index, cell in enumerate(row)] for row_index, row in enumerate(rows)]
+    numeric += [False] * (len(table.get("columns", [])) - len(numeric))
+    return {**table, "cells": cells, "numeric": numeric}
+
+
+def format_column(values: list[Any]) -> list[str]:
+    """Format a table column: its floats share one number of decimals, so they line up.
+
+    The decimals give the largest float 4 significant digits (``[1.0, 0.5] ->
+    ["1.000", "0.500"]``). Where that would leave a small value in the same
+    column with fewer than 2 significant digits, or a float is outside
+    0.001..1e6, each value is formatted on its own (:func:`format_value`).
+    """
+    floats = [v for v in values if isinstance(v, float) and math.isfinite(v) and v != 0]
+    texts = [format_value(v) for v in values]
+    if not floats:
+        return texts
+    magnitudes = [abs(v) for v in floats]
+    if min(magnitudes) < 1e-3 or max(magnitudes) >= 1e6:
+        return texts
+    decimals = max(0, 3 - math.floor(math.log10(max(magnitudes))))
+    # Significant digits the smallest value keeps at those decimals.
+    if math.floor(math.log10(min(magnitudes))) + decimals + 1 < 2:
+        return texts
+    return [f"{v:,.{decimals}f}" if isinstance(v, float) and math.isfinite(v) else text
+            for v, text in zip(values, texts)]
 
 
 def _figure_view(figure: dict[str, Any], out: Path | None, embed: bool) -> dict[str, Any]:
@@ -431,9 +461,11 @@ def md_link_target(path: str) -> str:
     return quote(path, safe="/")
 
 
-def _md_table(columns: list[str], rows: list[list[str]]) -> str:
+def _md_table(columns: list[str], rows: list[list[str]],
+              numeric: list[bool] | None = None) -> str:
+    numeric = numeric or [False] * len(columns)
     lines = ["| " + " | ".join(md_text(c) for c in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+             "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
     lines += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -482,7 +514,7 @@ def _md_study(index: int, study: dict[str, Any]) -> list[str]:
     for table in study["tables"]:
         parts.append(f"### {md_text(table['title'])}")
         parts.append(_md_table(table["columns"], [[c["text"] for c in row]
-                                                  for row in table["cells"]]))
+                                                  for row in table["cells"]], table["numeric"]))
         if table.get("caption"):
             parts.append(f"*{md_text(table['caption'])}*")
     for figure in study["figures"]:
