@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from typing import Any
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.lab.runner import list_studies, run_lab, select_studies
 
     console = Console(highlight=False)
+    if args.quiet and not getattr(args, "verbose", False):
+        logging.getLogger("cnnlab").setLevel(logging.WARNING)
     if args.list:
         _print_list(console, list_studies())
         return 0

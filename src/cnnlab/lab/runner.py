@@ -158,7 +158,7 @@ def _run_one(study: Study, entry: StudyEntry, context: StudyContext) -> None:
             entry.status, entry.cached = "ok", True
             entry.result = stored["result"]
             entry.wall_seconds = float(stored["wall_seconds"])
-            log.info("study %s: reusing the result finished at %s", study.name,
+            log.debug("study %s: reusing the result finished at %s", study.name,
                      stored.get("finished_at", "?"))
             return
 
