@@ -117,6 +117,10 @@ def add_parser(subparsers) -> None:
     output.add_argument("--quiet", action="store_true", help="print only the final summary")
     output.add_argument("--jsonl", action="store_true",
                         help="print one JSON object per epoch and the summary as JSON")
+
+    # ---- transfer options (cnnlab.runs.transfer, cnnlab.models.backbones) ----
+    add_transfer_options(parser)
+    # ---- end of transfer options ----
     parser.set_defaults(handler=run_command)
 
 
@@ -158,6 +162,8 @@ def progress_callbacks(args) -> list:
 
 
 def run_command(args) -> int:
+    if uses_transfer(args):  # transfer options: see the block at the end of this file
+        return run_transfer_command(args)
     if args.task != "classify":
         from cnnlab.cli import _tasks
 
@@ -204,3 +210,85 @@ def print_summary(summary: dict, out: str, as_json: bool) -> None:
           f"{summary['peak_memory_bytes'] / 2**20:,.0f} MiB")
     if verdict:
         print(f"fit: {verdict['verdict']}: {verdict['reason']}")
+
+
+# ---- transfer options (cnnlab.runs.transfer, cnnlab.models.backbones) ----------------------
+
+
+def add_transfer_options(parser) -> None:
+    transfer = parser.add_argument_group(
+        "transfer options (any of these switches to transfer learning: --model names the "
+        "backbone, e.g. resnet50, and --resize its input size, applied on the device)")
+    transfer.add_argument("--weights", default=None, metavar="imagenet|PATH|RUN|none",
+                          help="backbone weights: imagenet (torchvision's, from the torch hub "
+                          "cache), a .safetensors/.pt file, a cnnlab run directory, or none "
+                          "(default with other transfer options: imagenet)")
+    transfer.add_argument("--freeze", action="store_true",
+                          help="keep the backbone fixed, batch-norm statistics included")
+    transfer.add_argument("--head", choices=("linear", "mlp"), default=None,
+                          help="linear: one layer on pooled features; mlp: 256 ReLU units, "
+                          "dropout (--dropout, default 0.5), classifier (default linear)")
+    transfer.add_argument("--layer", default=None,
+                          help="feature layer: a torchvision name (layer2.3) or a Keras "
+                          "ResNet-50 alias (conv3_block4_out); default: the final feature map")
+    transfer.add_argument("--fine-tune-from", default=None, metavar="STAGE",
+                          help="train the backbone from this stage on (layer3, conv4, "
+                          "blocks.1); earlier stages stay fixed")
+    transfer.add_argument("--backbone-lr", type=positive_float, default=None,
+                          help="learning rate of the backbone when fine-tuning (default: a "
+                          "tenth of --lr)")
+    transfer.add_argument("--cache-features", action=argparse.BooleanOptionalAction,
+                          default=None,
+                          help="compute a frozen backbone's features once and train the head "
+                          "on them (default: on where it applies: --freeze, no --augment)")
+    transfer.add_argument("--feature-cache", default=None, metavar="DIR|memory",
+                          help="where cached features are kept (default: the cnnlab cache's "
+                          "features/ folder)")
+
+
+def uses_transfer(args) -> bool:
+    """Transfer options given, or --resume of a transfer run."""
+    if any(getattr(args, name, None) for name in (
+            "weights", "freeze", "head", "layer", "fine_tune_from", "backbone_lr")):
+        return True
+    if args.resume:
+        from pathlib import Path
+
+        config = Path(args.resume) / "config.json"
+        return config.exists() and "transfer" in json.loads(config.read_text())
+    return False
+
+
+def run_transfer_command(args) -> int:
+    if args.task != "classify":
+        raise CnnlabError(f"transfer options work with image classification, not --task "
+                          f"{args.task}; drop --weights/--freeze/--layer/--head or the --task")
+    from cnnlab.runs.transfer import TransferSpec, train_transfer
+
+    options = model_options(args)
+    dropout = options.pop("dropout", None)
+    # --model keeps its default (lenet5, not a backbone) when a cnnlab run names the backbone.
+    backbone = None if args.model == "lenet5" else args.model
+    spec = TransferSpec(
+        backbone=backbone, weights=args.weights or "imagenet", data=args.data,
+        resize=args.resize, layer=args.layer, head=args.head or "linear", freeze=args.freeze,
+        fine_tune_from=args.fine_tune_from, backbone_lr=args.backbone_lr,
+        cache_features=args.cache_features, feature_cache=args.feature_cache,
+        dropout=0.5 if dropout is None else dropout, backbone_options=options,
+        augment=None if args.augment == "none" else args.augment, limit=args.limit,
+        validation=args.validation, skip_bad=args.skip_bad)
+    out = args.resume or args.out or \
+        f"runs/{backbone or 'transfer'}-{_data_name(args.data)}-transfer"
+    callbacks = progress_callbacks(args) + monitor_callbacks(args, out)
+    result = train_transfer(spec, train_config(args), out, resume=args.resume is not None,
+                            callbacks=callbacks, progress=not (args.quiet or args.jsonl))
+    print_summary(result.summary, out, args.jsonl)
+    if not args.jsonl:
+        transfer = result.summary["transfer"]
+        print(f"weights: {transfer['weights']} (hash {transfer['weights_hash']}), features at "
+              f"{transfer['layer']} ({transfer['feature_channels']} channels)")
+        events = transfer["cache_events"]
+        if events:
+            print("feature cache: " + ", ".join(
+                f"{e['split']} {e['source']} ({e['seconds']:.1f} s)" for e in events))
+    return 0
