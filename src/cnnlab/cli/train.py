@@ -103,6 +103,31 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--early-stopping", type=positive_int, default=None, metavar="EPOCHS",
                        help="stop when validation loss has not improved for this many epochs")
 
+    # ---- binary task options (--task binary; owned with cnnlab.runs.binary) ----
+    binary = parser.add_argument_group(
+        "binary task options (--task binary: good vs. defective, judged by escapes)")
+    binary.add_argument("--positive", default="defective",
+                        help="the class folder to catch (the positive class)")
+    binary.add_argument("--imbalance", choices=("pos_weight", "sampler", "none"),
+                        default="pos_weight",
+                        help="pos_weight: weight positives by negatives/positives of train; "
+                        "sampler: class-balanced epochs; none: the data as it is")
+    binary.add_argument("--focal-gamma", type=float, default=0.0,
+                        help="focal loss exponent (0: plain binary cross-entropy)")
+    binary.add_argument("--min-recall", type=float, default=0.99,
+                        help="recall of positives the min_recall threshold must reach on "
+                        "validation (0.99: at most 1%% escape)")
+    binary.add_argument("--min-precision", type=float, default=0.95,
+                        help="precision the min_precision threshold must reach on validation")
+    binary.add_argument("--cost-escape", type=float, default=10.0,
+                        help="cost of one positive (defect) that passes, for min_cost")
+    binary.add_argument("--cost-false-alarm", type=float, default=1.0,
+                        help="cost of one negative (good part) flagged, for min_cost")
+    binary.add_argument("--defect-rate", type=float, default=None,
+                        help="share of positives on the real line, for escapes and discards "
+                        "per 10,000 parts (default: the share in the data)")
+    # ---- end of binary task options ----
+
     run = parser.add_argument_group("running")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

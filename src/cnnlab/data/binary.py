@@ -58,7 +58,7 @@ class BinaryData:
 
     @property
     def positive_rate(self) -> float:
-        return float(self.dataset.targets.mean()) if len(self.dataset) else 0.0
+        return self.dataset.targets.sum().item() / len(self.dataset) if len(self.dataset) else 0.0
 
 
 @dataclass

@@ -230,10 +230,22 @@ def train_binary(
 
 
 def train_binary_spec(spec: BinarySpec, config: TrainConfig, out: str | Path | None, *,
-                      callbacks: Sequence[Callback] = (), progress: bool = False
-                      ) -> dict[str, Any]:
-    """:func:`train_binary` for a ready :class:`BinarySpec` and :class:`TrainConfig`."""
+                      resume: bool = False, callbacks: Sequence[Callback] = (),
+                      progress: bool = False) -> dict[str, Any]:
+    """:func:`train_binary` for a ready :class:`BinarySpec` and :class:`TrainConfig`.
+
+    With ``resume=True`` the spec and training config are read back from
+    ``out/config.json`` (only ``device`` and ``threads`` are taken from
+    ``config``) and training continues from ``out/checkpoint.pt``.
+    """
     run_dir = Path(out) if out is not None else None
+    if resume:
+        if run_dir is None:
+            raise CnnlabError("resume needs the run directory to continue")
+        stored = read_binary_config(run_dir)
+        spec = BinarySpec.from_dict(stored["binary"])
+        config = TrainConfig.from_dict({**stored["train"], "device": config.device,
+                                        "threads": config.threads})
     if run_dir is not None:
         check_writable(run_dir)
     _settings(spec, 0.5)  # refuses bad targets and costs before an hour of training
@@ -255,7 +267,7 @@ def train_binary_spec(spec: BinarySpec, config: TrainConfig, out: str | Path | N
                       augment=build_augment(spec.augment, seed=config.seed), task=task,
                       run_dir=run_dir, callbacks=[*extra, *callbacks],
                       extra_config=_stored_config(spec, splits, pos_weight))
-    result = trainer.fit()
+    result = trainer.fit(resume=resume)
 
     scores = {name: _probabilities(trainer, getattr(splits, name)) for name in ("val", "test")}
     rate, rate_source = _defect_rate(spec, splits.positive_rate)
@@ -399,7 +411,7 @@ def _defect_rate(spec: BinarySpec, data_rate: float) -> tuple[float, str]:
 def _probabilities(trainer: Trainer, data: ArrayDataset) -> np.ndarray:
     logits = predict_logits(trainer.model, data, device=trainer.device, mean=trainer.mean,
                             std=trainer.std)
-    return torch.sigmoid(logits.reshape(-1)).double().numpy()
+    return torch.sigmoid(logits.reshape(-1).double()).numpy()
 
 
 def _stored_config(spec: BinarySpec, splits: BinarySplits, pos_weight: float | None
@@ -447,7 +459,7 @@ def _rescore(run_dir: Path, config: dict[str, Any], device: str) -> dict[str, np
     for name in ("val", "test"):
         part = getattr(splits, name)
         logits = predict_logits(model, part, device=target)
-        arrays[f"{name}_scores"] = torch.sigmoid(logits.reshape(-1)).double().numpy()
+        arrays[f"{name}_scores"] = torch.sigmoid(logits.reshape(-1).double()).numpy()
         arrays[f"{name}_targets"] = part.targets.numpy().astype(np.int64)
     return arrays
 
