@@ -240,7 +240,7 @@ def test_html_tables_agree_with_results_json(catalog, tmp_path):
     expected = [(study["name"], cell) for study in results["studies"] if study["result"]
                 for table in study["result"]["tables"] for row in table["rows"] for cell in row]
     assert len(page.cells) == len(expected) == 7
-    for (study, text, raw), (name, value) in zip(page.cells, expected):
+    for (study, text, raw), (name, value) in zip(page.cells, expected, strict=True):
         assert study == name and json.loads(raw) == value
         if isinstance(value, float):
             decimals = len(text.partition(".")[2])

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab.report import LabResult, Provenance, StudyEntry
-from cnnlab.report import figures
+from cnnlab.report import LabResult, Provenance, StudyEntry, figures
 
 # Text that would be markup if it were not escaped, in every place data text appears.
 HOSTILE = "<script>alert('x')</script> & \"quoted\" <b>bold</b> $math$ | [link](http://x) *em*"

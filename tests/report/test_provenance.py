@@ -10,8 +10,12 @@ import pytest
 
 from cnnlab._util import CnnlabError
 from cnnlab.report import provenance
-from cnnlab.report.provenance import (data_source, dataset_checksum, gather_data_sources,
-                                      machine_info)
+from cnnlab.report.provenance import (
+    data_source,
+    dataset_checksum,
+    gather_data_sources,
+    machine_info,
+)
 
 
 @pytest.fixture

@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 from cnnlab.report import format_value, write_report
-from cnnlab.report.render import (format_column, format_seconds, md_text, render_markdown,
-                                  results_data)
+from cnnlab.report.render import (
+    format_column,
+    format_seconds,
+    md_text,
+    render_markdown,
+    results_data,
+)
 
 EXPECTED = Path(__file__).parent / "expected"
 REGENERATE = os.environ.get("CNNLAB_REGENERATE") == "1"
@@ -51,10 +56,10 @@ def test_html_tables_show_the_numbers_in_results_json(sample_lab, read_html):
         html_tables = page.studies[study["name"]]
         json_tables = study["result"]["tables"]
         assert len(html_tables) == len(json_tables)
-        for html_table, json_table in zip(html_tables, json_tables):
+        for html_table, json_table in zip(html_tables, json_tables, strict=True):
             html_rows = [row for row in html_table if row]  # the header row has no <td>
             assert len(html_rows) == len(json_table["rows"])
-            for html_row, json_row in zip(html_rows, json_table["rows"]):
+            for html_row, json_row in zip(html_rows, json_table["rows"], strict=True):
                 for (text, raw), value in zip(html_row, json_row, strict=True):
                     assert json.loads(raw) == value  # the exact value travels with the cell
                     if isinstance(value, bool) or value is None:
@@ -121,7 +126,7 @@ def test_page_loads_nothing_from_outside(sample_lab, read_html):
     assert len(page.images) == 5
     assert all(image["src"].startswith("data:image/png;base64,") for image in page.images)
     assert not {"link", "script", "iframe", "object", "embed"} & set(page.tags)
-    for tag, attributes in page.attributes:
+    for _tag, attributes in page.attributes:
         for name in ("src", "href", "action", "srcset"):
             assert not (attributes.get(name) or "").startswith(("http:", "https:", "//"))
     policy = [a["content"] for t, a in page.attributes

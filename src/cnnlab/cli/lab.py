@@ -48,24 +48,29 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.lab.runner import list_studies, run_lab, select_studies
 
     console = Console(highlight=False)
-    if args.quiet and not getattr(args, "verbose", False):
-        logging.getLogger("cnnlab").setLevel(logging.WARNING)
     if args.list:
         _print_list(console, list_studies())
         return 0
 
     select_studies(args.names)  # unknown names fail before any work starts
-    lab = run_lab(
-        names=args.names or None,
-        out_dir=args.out,
-        profile=args.profile,
-        fresh=args.fresh,
-        seed=args.seed,
-        data_root=args.data_root,
-        progress=not args.quiet,
-        device=args.device,
-        command=_command_line(args),
-    )
+    package_logger = logging.getLogger("cnnlab")
+    level = package_logger.level
+    if args.quiet and not getattr(args, "verbose", False):
+        package_logger.setLevel(logging.WARNING)
+    try:
+        lab = run_lab(
+            names=args.names or None,
+            out_dir=args.out,
+            profile=args.profile,
+            fresh=args.fresh,
+            seed=args.seed,
+            data_root=args.data_root,
+            progress=not args.quiet,
+            device=args.device,
+            command=_command_line(args),
+        )
+    finally:
+        package_logger.setLevel(level)
     _print_summary(console, lab, quiet=args.quiet)
     return lab.exit_code
 

@@ -26,8 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import __version__
-from cnnlab._util import (CnnlabError, library_versions, resolve_device, seed_everything,
-                          write_json_atomic)
+from cnnlab._util import (
+    CnnlabError,
+    library_versions,
+    resolve_device,
+    seed_everything,
+    write_json_atomic,
+)
 from cnnlab.lab.study import PROFILES, Study, StudyContext, StudyResult, studies
 from cnnlab.report import LabResult, Provenance, StudyEntry, machine_info, write_report
 from cnnlab.report.provenance import gather_data_sources
@@ -133,7 +138,7 @@ def run_lab(
     say(f"cnnlab lab: {_count(len(selected), 'study', 'studies')}, profile {profile}, budget "
         f"{format_seconds(total_budget)}, report in {out}")
 
-    for index, (study, entry) in enumerate(zip(selected, entries), 1):
+    for index, (study, entry) in enumerate(zip(selected, entries, strict=True), 1):
         say(f"[{index}/{len(selected)}] {study.name}: {study.title} "
             f"(budget {format_seconds(entry.budget_seconds)})")
         context = StudyContext(out_dir=out / entry.folder, profile=profile, seed=seed,

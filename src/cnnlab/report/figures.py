@@ -50,18 +50,18 @@ def save_curves(
     runs = _as_runs(history)
     figure = Figure(figsize=(9, 3.6), dpi=DPI, layout="constrained")
     axes = figure.subplots(1, 2)
-    for panel, metric in zip(axes, ("accuracy", "loss")):
+    for panel, metric in zip(axes, ("accuracy", "loss"), strict=True):
         for index, (label, rows) in enumerate(runs.items()):
             color = f"C{index % 10}"
             epochs = [row.get("epoch", position + 1) for position, row in enumerate(rows)]
             for split, style in ((train, TRAIN_STYLE), ("val", VALIDATION_STYLE)):
                 values = [row.get(f"{split}_{metric}") for row in rows]
-                points = [(e, v) for e, v in zip(epochs, values) if v is not None]
+                points = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
                 if not points:
                     continue
                 split_name = "validation" if split == "val" else split
                 name = f"{label} {split_name}" if label else split_name
-                panel.plot(*zip(*points), color=color, marker="o", markersize=3,
+                panel.plot(*zip(*points, strict=True), color=color, marker="o", markersize=3,
                            label=_plain(_shorten(name, LEGEND_CHARACTERS)), **style)
         panel.set_xlabel("epoch")
         panel.set_ylabel(metric)
@@ -112,8 +112,9 @@ def save_bar(
         if annotate:
             axes.bar_label(bars, labels=[_short_number(h) for h in heights], fontsize="small",
                            padding=2)
+    crowded = len(groups) > 5
     axes.set_xticks(positions, [_plain(_shorten(g, LABEL_CHARACTERS)) for g in groups],
-                    rotation=30 if len(groups) > 5 else 0, ha="right" if len(groups) > 5 else "center")
+                    rotation=30 if crowded else 0, ha="right" if crowded else "center")
     if log:
         axes.set_yscale("log")
     axes.set_ylabel(_plain(ylabel))

@@ -295,7 +295,7 @@ def format_column(values: list[Any]) -> list[str]:
     if math.floor(math.log10(min(magnitudes))) + decimals + 1 < 2:
         return texts
     return [f"{v:,.{decimals}f}" if isinstance(v, float) and math.isfinite(v) else text
-            for v, text in zip(values, texts)]
+            for v, text in zip(values, texts, strict=True)]
 
 
 def _figure_view(figure: dict[str, Any], out: Path | None, embed: bool) -> dict[str, Any]:
