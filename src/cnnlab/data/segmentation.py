@@ -106,14 +106,21 @@ class SegmentationSet:
 
 
 def read_gray(path: Path) -> Tensor:
-    """Decode an image file to uint8 ``[1, H, W]`` grayscale; a clear error if it fails."""
-    from torchvision.io import ImageReadMode, decode_image
+    """Decode an image file to uint8 ``[1, H, W]`` grayscale; a clear error if it fails.
+
+    Pillow decodes (torchvision's decoders are deprecated since 0.29); colour
+    images are converted with Pillow's ITU-R 601 luma, so a white/black RGB
+    mask stays 255/0.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        return decode_image(data, mode=ImageReadMode.GRAY)
-    except (RuntimeError, ValueError, OSError) as error:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
         raise CnnlabError(f"cannot decode image {path}: {error}") from error
+    return torch.from_numpy(pixels.copy())[None]
 
 
 def binarise_mask(mask: Tensor, path: Path | str, *, foreground: int | None = None,
@@ -262,11 +269,12 @@ def load_segmentation(name_or_path: str | os.PathLike, *, size: int | tuple[int,
         train.images.shape   # torch.Size([30, 1, 256, 256]); masks: 1 = membrane
     """
     root = find_dataset(name_or_path, explicit_root=data_root)
+    groups: list[str] | None = None
     if (root / split / "image").is_dir() and (root / split / "label").is_dir():
         pairs = _membrane_pairs(root, split)
         preset_foreground, preset_threshold, meaning = 0, None, "membrane"
     elif (root / "labels.csv").is_file():
-        pairs = _csv_pairs(root, labels)
+        pairs, groups = _csv_pairs(root, labels)
         preset_foreground, preset_threshold, meaning = None, 128, "defect"
     elif (root / "images").is_dir() and (root / "masks").is_dir():
         pairs = _folder_pairs(root)
@@ -278,12 +286,18 @@ def load_segmentation(name_or_path: str | os.PathLike, *, size: int | tuple[int,
         )
     if limit is not None:
         pairs = pairs[:limit]
+        groups = groups[:limit] if groups else groups
     chosen_foreground = preset_foreground if foreground == "preset" else foreground
     chosen_threshold = preset_threshold if threshold == "preset" else threshold
     log.info("reading %d image/mask pairs from %s", len(pairs), root)
-    return read_pairs(pairs, size=size, fit=fit, foreground=chosen_foreground,
+    data = read_pairs(pairs, size=size, fit=fit, foreground=chosen_foreground,
                       threshold=chosen_threshold, source=str(root), foreground_name=meaning,
                       root=root)
+    if groups:
+        # Integer codes of labels.csv's tile_group, so split_segmentation keeps groups whole.
+        codes = {name: code for code, name in enumerate(sorted(set(groups)))}
+        data.extra["group"] = torch.tensor([codes[g] for g in groups])
+    return data
 
 
 def _membrane_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -291,7 +305,8 @@ def _membrane_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return [(path, root / split / "label" / path.name) for path in images]
 
 
-def _csv_pairs(root: Path, labels: Sequence[str] | None) -> list[tuple[Path, Path]]:
+def _csv_pairs(root: Path, labels: Sequence[str] | None
+               ) -> tuple[list[tuple[Path, Path]], list[str] | None]:
     with open(root / "labels.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if rows and not {"image", "mask"} <= set(rows[0]):
@@ -299,7 +314,9 @@ def _csv_pairs(root: Path, labels: Sequence[str] | None) -> list[tuple[Path, Pat
                           f" found {sorted(rows[0])}")
     if labels is not None:
         rows = [row for row in rows if row.get("label") in set(labels)]
-    return [(root / row["image"], root / row["mask"]) for row in rows]
+    pairs = [(root / row["image"], root / row["mask"]) for row in rows]
+    groups = [row["tile_group"] for row in rows] if rows and "tile_group" in rows[0] else None
+    return pairs, groups
 
 
 def _folder_pairs(root: Path) -> list[tuple[Path, Path]]:
@@ -326,6 +343,45 @@ def _natural_key(path: Path) -> tuple:
 
     return tuple(int(part) if part.isdigit() else part
                  for part in re.split(r"(\d+)", str(path)))
+
+
+def split_segmentation(data: SegmentationSet, validation: float | int, *, seed: int = 0,
+                       contiguous: bool = False) -> tuple[SegmentationSet, SegmentationSet]:
+    """Split into (train, validation); ``validation`` is a fraction or a count.
+
+    ``contiguous=True`` takes the *last* images (for slices of one stack, where
+    a random split would put near-copies on both sides). When the set has
+    ``extra["group"]`` (labels.csv's tile_group), whole groups are drawn, so
+    repeated photographs of one object never straddle the split. Otherwise the
+    draw is random with ``seed``.
+    """
+    n = len(data)
+    count = int(round(validation * n)) if isinstance(validation, float) else int(validation)
+    if not 0 < count < n:
+        raise CnnlabError(
+            f"validation {validation!r} leaves no training or no validation images out of {n};"
+            " use a fraction in (0, 1) or a count between 1 and n - 1"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    if contiguous:
+        val_index = torch.arange(n - count, n)
+    elif "group" in data.extra:
+        groups = data.extra["group"]
+        unique = torch.unique(groups)
+        chosen: list[Tensor] = []
+        taken = 0
+        for group in unique[torch.randperm(len(unique), generator=generator)].tolist():
+            if taken >= count:
+                break
+            members = torch.nonzero(groups == group).flatten()
+            chosen.append(members)
+            taken += len(members)
+        val_index = torch.cat(chosen).sort().values
+    else:
+        val_index = torch.randperm(n, generator=generator)[:count].sort().values
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[val_index] = True
+    return data.subset(torch.nonzero(~is_val).flatten()), data.subset(val_index)
 
 
 def tile_set(data: SegmentationSet, tile: int, stride: int | None = None) -> SegmentationSet:

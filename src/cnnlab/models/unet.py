@@ -11,8 +11,10 @@ concatenation, a 1x1 conv to one logit per pixel. Padding keeps the output the
 size of the input (the paper's valid convolutions shrink it), so H and W must
 be divisible by ``2 ** depth``.
 
-Named variants: :func:`unet_tiny` (base width 8, depth 3, about 120 k
-parameters) for CPU studies and tests; :func:`unet_small` (16, 4) for real runs.
+Registered names (for ``build_model``): ``unet`` (any width and depth);
+``unet_tiny`` (base width 8, depth 3, 0.12 M parameters) for CPU studies and
+tests; ``unet_small`` (16, 4; 1.9 M) for real runs. ``cnnlab.models`` registers
+them when this module is imported (``import cnnlab.models.unet``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab._util import CnnlabError
+from cnnlab.models.registry import register_model
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class UNet(nn.Module):
         return self.head(self.forward_features(x))
 
 
+@register_model("unet")
 def unet(base_width: int = 16, depth: int = 4, in_channels: int = 1, out_channels: int = 1,
          dropout: float = 0.0) -> UNet:
     """A U-Net with the given base width (channels at full resolution) and depth."""
@@ -113,15 +117,14 @@ def unet(base_width: int = 16, depth: int = 4, in_channels: int = 1, out_channel
                            base_width=base_width, depth=depth, dropout=dropout))
 
 
+@register_model("unet_tiny")
 def unet_tiny(in_channels: int = 1, out_channels: int = 1) -> UNet:
     """Base width 8, depth 3 (121 k parameters): CPU studies and tests; inputs divisible by 8."""
     return unet(base_width=8, depth=3, in_channels=in_channels, out_channels=out_channels)
 
 
+@register_model("unet_small")
 def unet_small(in_channels: int = 1, out_channels: int = 1) -> UNet:
     """Base width 16, depth 4 (1.9 M parameters); inputs divisible by 16."""
     return unet(base_width=16, depth=4, in_channels=in_channels, out_channels=out_channels)
 
-
-MODELS = {"unet_tiny": unet_tiny, "unet_small": unet_small}
-"""Named U-Net variants, for the models registry."""
