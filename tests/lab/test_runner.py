@@ -121,6 +121,7 @@ def test_finished_study_is_reused_and_failed_study_runs_again(catalog, tmp_path,
     assert lab.study("bars").result["numbers"] == {"val_accuracy": {"plain": 0.61234,
                                                                     "augmented": 0.6456}}
     assert not lab.study("broken").cached
+    assert lab.study("bars").versions["cnnlab"]  # the versions it ran with, kept on reuse
 
 
 def test_fresh_runs_every_study_again(catalog, tmp_path, calls):
@@ -195,6 +196,7 @@ def test_report_states_provenance(catalog, tmp_path):
     provenance = results["provenance"]
     assert provenance["command"] == "cnnlab lab --profile smoke"
     assert provenance["profile"] == "smoke" and provenance["seed"] == 0
+    assert provenance["device"] in ("cpu (auto)", "cuda (auto)", "mps (auto)")
     assert provenance["cnnlab_version"] and provenance["machine"]["cpu_cores"] >= 1
     assert provenance["data_sources"] == {"shapes": {"checksum": "sha256:" + "b" * 64,
                                                      "studies": ["bars"]}}

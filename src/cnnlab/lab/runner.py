@@ -111,7 +111,7 @@ def run_lab(
     profile = profile or default_profile()
     if profile not in PROFILES:
         raise CnnlabError(f"profile {profile!r} is unknown; use one of {', '.join(PROFILES)}")
-    resolve_device(device)  # a bad --device fails here, not once per study
+    resolved_device = resolve_device(device)  # a bad --device fails here, not per study
     if data_root is not None and not Path(data_root).is_dir():
         raise CnnlabError(f"--data-root {str(data_root)!r} is not a folder; pass the folder "
                           "that holds the datasets (e.g. the one with cifar10-jpeg/)")
@@ -125,7 +125,7 @@ def run_lab(
         command=command or _python_call(names, out, profile, fresh, seed, data_root, device),
         profile=profile,
         seed=seed,
-        device=device,
+        device=f"{resolved_device} ({device})" if device == "auto" else device,
         started_at=_now(),
         machine=machine_info(),
         versions=library_versions(),
@@ -163,6 +163,7 @@ def _run_one(study: Study, entry: StudyEntry, context: StudyContext) -> None:
             entry.status, entry.cached = "ok", True
             entry.result = stored["result"]
             entry.wall_seconds = float(stored["wall_seconds"])
+            entry.versions = stored.get("versions", {})
             log.debug("study %s: reusing the result finished at %s", study.name,
                      stored.get("finished_at", "?"))
             return
@@ -178,9 +179,10 @@ def _run_one(study: Study, entry: StudyEntry, context: StudyContext) -> None:
         entry.wall_seconds = time.perf_counter() - started
         result.wall_seconds = entry.wall_seconds
         entry.result = result.to_dict()
+        entry.versions = library_versions()
         write_json_atomic(result_file, {**stamp, "finished_at": _now(),
                                         "wall_seconds": entry.wall_seconds,
-                                        "result": entry.result})
+                                        "versions": entry.versions, "result": entry.result})
         entry.status = "ok"
     except Exception as error:  # noqa: BLE001  (one study's failure must not stop the lab)
         entry.wall_seconds = time.perf_counter() - started

@@ -27,7 +27,8 @@ class StudyEntry:
     ``status == "ok"``); its figure paths are relative to ``folder`` or
     absolute. ``folder`` is the study's output folder, relative to the report
     folder (``studies/<name>``). ``cached`` is true when the result was reused
-    from an earlier lab; ``wall_seconds`` is then the time that earlier run took.
+    from an earlier lab; ``wall_seconds`` is then the time that earlier run took, and
+    ``versions`` the library versions it ran with.
     """
 
     name: str
@@ -41,6 +42,7 @@ class StudyEntry:
     result: dict[str, Any] | None = None
     error: str = ""
     traceback: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

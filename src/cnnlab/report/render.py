@@ -228,6 +228,9 @@ def _study_views(data: dict[str, Any], out: Path | None, embed: bool) -> list[di
         setup.setdefault("seed", seed)
         if study["budget_seconds"]:
             setup.setdefault("budget", format_seconds(study["budget_seconds"]))
+        if study.get("versions"):
+            setup.setdefault("versions", ", ".join(f"{name} {version}" for name, version
+                                                   in study["versions"].items()))
         numbers = result.get("numbers") or {}
         numbers_json = json.dumps(numbers, indent=1, ensure_ascii=False) if numbers else ""
         views.append({
