@@ -98,21 +98,34 @@ def resolve_device(name: str = "auto"):
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads; ``None`` keeps the CNNLAB_THREADS or torch default.
+    """Set torch's intra-op threads and return the count in force.
 
-    On a busy 2-core machine two OpenMP threads can run ten times slower than
-    one, so the count is a setting rather than a guess (see DESIGN.md).
+    ``None`` means: ``$CNNLAB_THREADS`` if set, else one thread per core that
+    other processes leave idle (cores minus the 1-minute load average, at
+    least one). On a busy 2-core machine two OpenMP threads that must wait
+    for each other run up to ten times slower than one thread, while one
+    thread degrades gracefully, so the default backs off under load.
     """
     import torch
 
     if threads is None:
         env = os.environ.get("CNNLAB_THREADS")
-        threads = int(env) if env else None
-    if threads is not None:
-        if threads < 1:
-            raise CnnlabError(f"threads must be >= 1, got {threads}")
+        threads = int(env) if env else default_threads()
+    if threads < 1:
+        raise CnnlabError(f"threads must be >= 1, got {threads}")
+    if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def default_threads() -> int:
+    """Cores not busy with other work: ``cores - round(load average)``, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores or 1, (cores or 1) - busy))
 
 
 def peak_memory_bytes(device=None) -> int:
