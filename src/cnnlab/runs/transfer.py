@@ -141,6 +141,10 @@ class _progress:
         self.enabled, self.description, self.total = enabled, description, total
 
     def __enter__(self):
+        from rich.console import Console
+
+        # Off the terminal (a log file, a pipe) a transient bar would leave blank lines.
+        self.enabled = self.enabled and Console().is_terminal
         if not self.enabled:
             return lambda n: None
         from rich.progress import Progress
