@@ -505,9 +505,6 @@ def _assemble(model: nn.Module, analyzer: _Analyzer, name: str, shape: tuple[int
     unanalysed = [f"{row.name} ({row.type})" for row in analyzer.rows
                   if row.field_unknown and row.note.startswith("not analysed")]
     macs_unknown = [row.name for row in analyzer.rows if row.macs is None]
-    if any(row.spans and any(s.flat for s in row.spans) for row in analyzer.rows):
-        notes.append("after a flatten each element keeps its own field; the table shows the "
-                     "union over the flattened positions until a layer mixes them")
     output = _rules._first_tensor(analyzer.output)
     names = _dimension_names(len(spatial_axes))
     return InspectResult(
