@@ -12,9 +12,12 @@ log = logging.getLogger(__name__)
 
 STUDY_MODULES = [
     "cnnlab.lab.architecture",
-    "cnnlab.lab.lenet_augment",
+    "cnnlab.lab.augmentation",
     "cnnlab.lab.gradients",
-    "cnnlab.lab.design",
+    "cnnlab.lab.downsampling",
+    "cnnlab.lab.activations",
+    "cnnlab.lab.robustness",
+    "cnnlab.lab.explanations",
     "cnnlab.lab.transfer",
     "cnnlab.lab.defects",
     "cnnlab.lab.text",
