@@ -494,41 +494,61 @@ def train_segmentation(data: str | os.PathLike = "seg-membrane", loss: str = "bc
         result = train_segmentation("seg-membrane", "iou", "runs/membrane-iou", epochs=10)
         result.summary["segmentation"]["iou_mean"]
     """
-    import cnnlab.models.unet  # noqa: F401  (registers the U-Net names)
-    from cnnlab.augment.joint import joint_augment
-    from cnnlab.data.arrays import channel_statistics
-    from cnnlab.models import build_model
-    from cnnlab.train import TrainConfig, Trainer
+    from cnnlab.train import TrainConfig
 
     spec = SegmentationSpec(data=str(data), loss=loss, model=model, model_options=model_options,
                             size=size, tile=tile, validation=validation, augment=augment,
                             pos_weight=pos_weight, mask_threshold=mask_threshold,
                             foreground=foreground, synthetic_count=synthetic_count, seed=seed)
-    task = SegmentationTask(loss, **({"pos_weight": pos_weight} if pos_weight else {}))
     train, val = load_split(spec, data_root)
-    statistics = channel_statistics(train.images)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
                          seed=seed, device=device, threads=threads,
                          fit_subset=min(256, len(train)), **(train_options or {}))
-    network = build_model(model, **(model_options or {}))
-    trainer = Trainer(network, config, train=train.to_array_dataset(*statistics),
-                      val=val.to_array_dataset(*statistics),
-                      augment=joint_augment(augment) if augment else None, task=task,
-                      run_dir=out, callbacks=[_EpochLog(epochs, progress, f"{loss} on {data}")],
-                      extra_config={"task": "segment", "segmentation": asdict(spec),
-                                    "statistics": {"mean": statistics[0], "std": statistics[1]}})
-    log.info("training %s with %s loss on %s: %d training images %s, %d validation %s",
-             model, loss, data, len(train), tuple(train.images.shape[-2:]), len(val),
-             tuple(val.images.shape[-2:]))
-    result = trainer.fit()
-
-    probabilities = predict_probabilities(result.model, val.images, *statistics,
-                                          device=device)
+    result, probabilities = fit_segmentation(
+        train, val, loss, config, model=model, model_options=model_options, augment=augment,
+        pos_weight=pos_weight, run_dir=out, progress=progress,
+        extra_config={"segmentation": asdict(spec)})
     report = _metrics_report(probabilities, val.masks, spec)
     result.summary["segmentation"] = report
     if out is not None:
         write_json_atomic(Path(out) / METRICS_FILE, report)
     return result
+
+
+def fit_segmentation(train, val, loss: str, config, *, model: str = "unet_tiny",
+                     model_options: dict | None = None, augment: str | None = "standard",
+                     pos_weight: float | None = None, run_dir: str | os.PathLike | None = None,
+                     extra_config: dict | None = None, progress: bool = False):
+    """Train on one :class:`~cnnlab.data.segmentation.SegmentationSet`, validate on another.
+
+    The lower-level step under :func:`train_segmentation`, for callers (the lab
+    study) that build their own sets. Images are normalised with the training
+    set's mean and standard deviation; ``augment`` names a joint augmentation
+    preset (:func:`cnnlab.augment.joint.joint_augment`). Returns the trainer's
+    RunResult and the validation probabilities ``[N, 1, H, W]``.
+    """
+    import cnnlab.models.unet  # noqa: F401  (registers the U-Net names)
+    from cnnlab.augment.joint import joint_augment
+    from cnnlab.data.arrays import channel_statistics
+    from cnnlab.models import build_model
+    from cnnlab.train import Trainer
+
+    task = SegmentationTask(loss, **({"pos_weight": pos_weight} if pos_weight else {}))
+    statistics = channel_statistics(train.images)
+    network = build_model(model, **(model_options or {}))
+    trainer = Trainer(network, config, train=train.to_array_dataset(*statistics),
+                      val=val.to_array_dataset(*statistics),
+                      augment=joint_augment(augment) if augment else None, task=task,
+                      run_dir=run_dir,
+                      callbacks=[_EpochLog(config.epochs, progress, f"{loss} loss")],
+                      extra_config={"task": "segment", **(extra_config or {}),
+                                    "statistics": {"mean": statistics[0], "std": statistics[1]}})
+    log.info("training %s with %s loss: %d training images %s, %d validation %s", model, loss,
+             len(train), tuple(train.images.shape[-2:]), len(val), tuple(val.images.shape[-2:]))
+    result = trainer.fit()
+    probabilities = predict_probabilities(result.model, val.images, *statistics,
+                                          device=config.device)
+    return result, probabilities
 
 
 def _metrics_report(probabilities: Tensor, masks: Tensor, spec: SegmentationSpec,
