@@ -192,11 +192,15 @@ def save_activation_histograms(data: MonitorData, path: str | os.PathLike,
     return _save(figure, path)
 
 
+FIGURE_NAMES = ("gradient_heatmap.png", "update_ratios.png", "activation_histograms.png")
+
+
 def save_monitor_figures(data: MonitorData, folder: str | os.PathLike) -> list[Path]:
-    """All three figures of a monitored run into ``folder``; returns their paths."""
+    """All three figures of a monitored run into ``folder`` (see FIGURE_NAMES); their paths."""
     folder = Path(folder)
+    heatmap, updates, histograms = (folder / name for name in FIGURE_NAMES)
     return [
-        save_gradient_heatmap(data, folder / "gradient_heatmap.png"),
-        save_update_ratios(data, folder / "update_ratios.png"),
-        save_activation_histograms(data, folder / "activation_histograms.png"),
+        save_gradient_heatmap(data, heatmap),
+        save_update_ratios(data, updates),
+        save_activation_histograms(data, histograms),
     ]

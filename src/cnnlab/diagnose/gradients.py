@@ -209,8 +209,7 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
     if ratio is not None and (ratio < t.vanishing_ratio or (ratio < t.weak_vanishing_ratio
                                                               and flat)):
         small = _vanishing_layers(evidence)
-        loss_text = f"the loss fell {drop:.1%} over the run" if drop is not None else \
-            "no loss trace"
+        loss_text = _loss_change(drop)
         summary = (f"the gradient norm of the first layer ({first}) is {ratio:.2g} times that "
                    f"of the last ({last}), {abs(math.log10(ratio)):.1f} orders of magnitude "
                    f"smaller (median over {evidence['samples']} sampled steps); early layers' "
@@ -243,7 +242,7 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
         if evidence.get("clip_norm"):
             reasons.append(f"clipping at {evidence['clip_norm']} acted on "
                            f"{evidence['fraction_of_samples_clipped']:.0%} of the sampled steps"
-                           + (f" and the loss fell {drop:.1%}" if drop is not None else ""))
+                           + (f" and {_loss_change(drop)}" if drop is not None else ""))
         layers = [data.nonfinite["where"]] if data.nonfinite else _exploding_layers(evidence)
         evidence["nonfinite"] = data.nonfinite
         verdicts.append(Verdict(EXPLODING, "; ".join(reasons), layers, evidence,
@@ -305,6 +304,13 @@ def diagnose_run(run_dir: str | Path,
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
+
+
+def _loss_change(drop: float | None) -> str:
+    if drop is None:
+        return "the loss was not traced long enough to judge"
+    verb = "fell" if drop >= 0 else "rose"
+    return f"the loss {verb} {abs(drop):.1%} over the run"
 
 
 def _fmt_percent(value: float | None) -> str:
