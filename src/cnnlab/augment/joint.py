@@ -10,12 +10,12 @@ interpolation (so it stays binary) while the image is resampled bilinearly.
 
 Presets by name (:func:`joint_augment`):
 
-| name | what it does |
-|---|---|
-| ``none`` | identity |
-| ``flips`` | horizontal and vertical flips, each with p = 0.5 |
-| ``dihedral`` | flips and a random multiple of 90 degrees: the 8 symmetries of a square |
-| ``standard`` | dihedral, then a rotation of up to +-15 degrees, then a crop of 60-100% of the area resized back |
+- ``none``: identity;
+- ``flips``: horizontal and vertical flips, each with p = 0.5;
+- ``dihedral``: flips and a random multiple of 90 degrees (the 8 symmetries
+  of a square; exact, object sizes unchanged);
+- ``standard``: dihedral, then a rotation of up to +-15 degrees, then a crop
+  of 60-100% of the area resized back to the input size.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ class JointAugment:
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         if inputs.ndim != 4:
-            raise CnnlabError(f"joint augmentation needs images [B, C, H, W], got {tuple(inputs.shape)}")
+            raise CnnlabError(
+                f"joint augmentation needs images [B, C, H, W], got {tuple(inputs.shape)}")
         B, C, H, W = inputs.shape
         if self.config.rot90 and H != W:
             raise CnnlabError(
@@ -99,7 +100,8 @@ class JointAugment:
         masks = targets[:, None] if squeeze else targets
         if masks.shape[0] != B or masks.shape[-2:] != (H, W):
             raise CnnlabError(
-                f"mask batch {tuple(targets.shape)} does not match image batch {tuple(inputs.shape)}"
+                f"mask batch {tuple(targets.shape)} does not match image batch"
+                f" {tuple(inputs.shape)}"
             )
         pipeline = self._pipeline(H, W)
         if pipeline is None:

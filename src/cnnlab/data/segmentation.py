@@ -410,7 +410,8 @@ def tile_set(data: SegmentationSet, tile: int, stride: int | None = None) -> Seg
 # ----------------------------------------------------------------------------- synthetic
 
 
-def synthetic_shapes(count: int, *, size: int = 64, fraction_range: tuple[float, float] = (0.01, 0.4),
+def synthetic_shapes(count: int, *, size: int = 64,
+                     fraction_range: tuple[float, float] = (0.01, 0.4),
                      contrast: float = 0.35, noise: float = 0.12, blur: float = 1.0,
                      seed: int = 0) -> SegmentationSet:
     """A *synthetic* set: one bright shape per image on a textured background.
@@ -476,7 +477,8 @@ def synthetic_shapes(count: int, *, size: int = 64, fraction_range: tuple[float,
     images = (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
     names = [f"synthetic-{seed}-{i:05d}" for i in range(count)]
-    return SegmentationSet(images, masks.to(torch.uint8), names, source=f"synthetic shapes (seed {seed})",
+    return SegmentationSet(images, masks.to(torch.uint8), names,
+                           source=f"synthetic shapes (seed {seed})",
                            foreground="synthetic shape",
                            extra={"target_fraction": fractions})
 

@@ -357,6 +357,7 @@ def run(ctx: StudyContext) -> StudyResult:
     figures = _figures(ctx, synthetic, membrane, synthetic_test, synthetic_overlay,
                        membrane_sets, pixels)
     findings = _findings(ctx, synthetic, membrane, bins, numbers)
+    train_slices = recipe["membrane_slices"] - recipe["membrane_test_slices"]
     setup = {
         "profile": ctx.profile, "seed": ctx.seed, "recipe": recipe, "losses": list(LOSSES),
         "synthetic": f"synthetic shapes, {size}x{size}, one object per image, foreground 1-40%"
@@ -364,7 +365,7 @@ def run(ctx: StudyContext) -> StudyResult:
                      f" {len(synthetic_test)} test images (seed {ctx.seed + 10_000})",
         "membrane": (f"ISBI 2012 slices resized to {recipe['membrane_size']}, membrane = class "
                      f"1; training: {len(membrane_sets[0])} tiles of {recipe['membrane_tile']}"
-                     f" px from the first {recipe['membrane_slices'] - recipe['membrane_test_slices']}"
+                     f" px from the first {train_slices}"
                      f" slices; test: the last {recipe['membrane_test_slices']} whole slices"
                      if membrane_sets else "skipped: data not found"),
         "evaluation": f"threshold 0.5 unless stated; boundary F with a "

@@ -3,14 +3,16 @@
 Losses (:func:`segmentation_loss`), all on logits ``[B, 1, H, W]`` and masks of
 the same shape (or ``[B, H, W]``) holding 0/1:
 
-| name | what it scores | reduction |
-|---|---|---|
-| ``bce`` | each pixel on its own (optional ``pos_weight`` for foreground pixels) | mean over pixels |
-| ``iou`` / ``jaccard`` | soft IoU ``(sum p t + s) / (sum p + t - p t + s)`` of the whole mask | mean over images |
-| ``dice`` | soft Dice ``(2 sum p t + s) / (sum p + sum t + s)`` | mean over images |
-| ``bce+dice`` | the sum of the two | |
-| ``lovasz`` | Lovasz hinge: a convex surrogate of 1 - IoU on the logits (Berman et al. 2018) | mean over images |
-| ``focal`` | BCE scaled by ``(1 - p_true) ** gamma``: easy pixels count less (Lin et al. 2017) | mean over pixels |
+- ``bce``: each pixel on its own, mean over pixels (optional ``pos_weight``
+  multiplies foreground pixels);
+- ``iou`` / ``jaccard``: 1 - soft IoU ``(sum p t + s) / (sum (p + t - p t) + s)``
+  of the whole mask, per image, mean over images;
+- ``dice``: 1 - soft Dice ``(2 sum p t + s) / (sum p + sum t + s)``, per image;
+- ``bce+dice``: the sum of the two;
+- ``lovasz``: the Lovasz hinge, a convex surrogate of 1 - IoU on the logits
+  (Berman et al., 2018), per image;
+- ``focal``: BCE scaled by ``(1 - p_true) ** gamma`` so easy pixels count less
+  (Lin et al., 2017), mean over pixels.
 
 ``p`` is the sigmoid of the logit, ``t`` the true mask and ``s`` the smoothing
 term (1 pixel by default), which keeps the overlap losses defined for empty
@@ -148,7 +150,8 @@ def segmentation_loss(name: str, *, pos_weight: float | None = None, smooth: flo
     """
     key = name.lower().replace(" ", "")
     if key not in LOSS_NAMES:
-        raise CnnlabError(f"segmentation loss {name!r} is unknown; use one of {', '.join(LOSS_NAMES)}")
+        raise CnnlabError(
+            f"segmentation loss {name!r} is unknown; use one of {', '.join(LOSS_NAMES)}")
     if pos_weight is not None and key not in ("bce", "bce+dice"):
         raise CnnlabError(f"pos_weight applies to bce and bce+dice only, not to {name!r}")
     if pos_weight is not None and pos_weight <= 0:
