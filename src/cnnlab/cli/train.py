@@ -136,6 +136,9 @@ def add_parser(subparsers) -> None:
     run.add_argument("--channels-last", action="store_true")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPU")
+    run.add_argument("--nproc", type=positive_int, default=None,
+                     help="train with N data-parallel processes on this machine (launches "
+                     "torchrun; gloo on CPU, NCCL on GPUs)")
     run.add_argument("--monitor", action="append", default=[], choices=["gradients"],
                      help="watch gradients and activations while training")
     output = run.add_mutually_exclusive_group()
@@ -178,7 +181,10 @@ def train_config(args):
 
 def progress_callbacks(args) -> list:
     from cnnlab.cli._progress import ConsoleProgress, JsonLinesProgress
+    from cnnlab.train.distributed import is_main_process
 
+    if not is_main_process():
+        return []
     if args.jsonl:
         return [JsonLinesProgress()]
     if args.quiet:
@@ -186,7 +192,31 @@ def progress_callbacks(args) -> list:
     return [ConsoleProgress()]
 
 
+def launch_torchrun(args) -> int:
+    """Re-run this command under torchrun with ``--nproc`` processes (the flag removed)."""
+    import subprocess
+
+    argv, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if item.startswith("--nproc="):
+            continue
+        argv.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc}", "-m", "cnnlab.cli.main", *argv]
+    return subprocess.run(command, check=False).returncode
+
+
 def run_command(args) -> int:
+    import os
+
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args)
     if uses_transfer(args):  # transfer options: see the block at the end of this file
         return run_transfer_command(args)
     if args.task != "classify":
@@ -202,7 +232,10 @@ def run_command(args) -> int:
     callbacks = progress_callbacks(args) + monitor_callbacks(args, out)
     result = train_run(spec, train_config(args), out, resume=args.resume is not None,
                        callbacks=callbacks, progress=not (args.quiet or args.jsonl))
-    print_summary(result.summary, out, args.jsonl)
+    from cnnlab.train.distributed import is_main_process
+
+    if is_main_process():
+        print_summary(result.summary, out, args.jsonl)
     return 0
 
 

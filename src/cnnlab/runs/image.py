@@ -29,6 +29,7 @@ from cnnlab.diagnose import fit_verdict
 from cnnlab.models import build_model
 from cnnlab.report.figures import save_confusion, save_curves
 from cnnlab.train import Callback, RunResult, Trainer, TrainConfig, evaluate, predict_logits
+from cnnlab.train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def train_run(spec: RunSpec, config: TrainConfig, out: str | Path | None, *,
         train_options.update({k: v for k, v in config.to_dict().items()
                               if k in ("device", "threads")})
         config = TrainConfig.from_dict(train_options)
-    if run_dir is not None:
+    writes_files = run_dir is not None and is_main_process()
+    if writes_files:
         check_writable(run_dir)
 
     started = time.perf_counter()
@@ -144,7 +146,8 @@ def train_run(spec: RunSpec, config: TrainConfig, out: str | Path | None, *,
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     model = _model_for(spec, data.train)
     augment = build_augment(spec.augment, seed=config.seed)
-    extra_callbacks = [CurvesCallback(run_dir / "curves.png", _title(spec))] if run_dir else []
+    extra_callbacks = [CurvesCallback(run_dir / "curves.png", _title(spec))] if writes_files \
+        else []
     trainer = Trainer(model, config, train=data.train, val=data.val, augment=augment,
                       run_dir=run_dir, callbacks=[*extra_callbacks, *callbacks],
                       extra_config={"run": spec.to_dict()})
@@ -159,7 +162,7 @@ def train_run(spec: RunSpec, config: TrainConfig, out: str | Path | None, *,
                                    device=trainer.device)
     summary["skipped_files"] = data.train.meta.get("skipped", [])
     result.summary = summary
-    if run_dir is not None:
+    if writes_files:
         _finish_run_dir(run_dir, trainer, result)
     return result
 

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -34,6 +35,7 @@ from cnnlab._util import (
 )
 from cnnlab.data.arrays import ArrayDataset, stratified_indices
 from cnnlab.train.config import TrainConfig
+from cnnlab.train.distributed import context_from_env
 from cnnlab.train.tasks import ClassificationTask, Task
 
 log = logging.getLogger(__name__)
@@ -128,21 +130,36 @@ class Trainer:
         if len(train) == 0:
             raise CnnlabError("the training set is empty; check the data path and --limit")
         self.config = config
-        self.threads = set_threads(config.threads)
         self.device = resolve_device(config.device)
+        self.dist = context_from_env(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        threads = config.threads
+        if threads is None and self.dist.enabled:
+            # Ranks share the machine's cores: keep ranks x threads within them.
+            threads = max(1, (os.cpu_count() or 1) // self.dist.world_size)
+        self.threads = set_threads(threads)
         self.task = task or ClassificationTask(config.label_smoothing)
         self.train_data = train
         self.val_data = val
         self.augment = augment
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.writes_files = self.run_dir is not None and self.dist.is_main
         self.extra_config = extra_config or {}
         seed_everything(config.seed)
 
         self.memory_format = torch.channels_last if config.channels_last else \
             torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:
+            self.forward = torch.compile(self.forward)
         self.mean, self.std = self._statistics(train)
 
         # Data lives on the device as it is stored (uint8 images: a quarter of float32).
@@ -263,7 +280,7 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         result = RunResult(self.model, self.history, self._summary(wall), self.run_dir,
                            self.stopped_reason)
-        if self.run_dir is not None and self.config.checkpoint_every == 0:
+        if self.writes_files and self.config.checkpoint_every == 0:
             self.save_checkpoint()
         for callback in self.callbacks:
             callback.on_fit_end(self, result)
@@ -280,24 +297,26 @@ class Trainer:
         order = torch.randperm(len(self.train_inputs), generator=self.shuffle_generator)
         order = order.to(self.device)
         for start in range(0, len(order), config.batch_size):
-            index = order[start:start + config.batch_size]
+            index = self.dist.shard(order[start:start + config.batch_size])
             self._train_step(self.train_inputs[index], self.train_targets[index], running)
         train_seconds = time.perf_counter() - started
 
         row = {"epoch": epoch}
-        row["train_loss"] = (running.loss_sum / max(1, running.samples)).item()
-        row["train_accuracy"] = running.correct.item() / max(1, running.count)
+        samples = self.dist.all_sum_int(running.samples, self.device)
+        count = self.dist.all_sum_int(running.count, self.device)
+        row["train_loss"] = self.dist.all_sum(running.loss_sum).item() / max(1, samples)
+        row["train_accuracy"] = self.dist.all_sum(running.correct).item() / max(1, count)
         fit = self._evaluate_indices(self.fit_indices) if len(self.fit_indices) else {}
         row["fit_loss"], row["fit_accuracy"] = fit.get("loss"), fit.get("accuracy")
         val = evaluate_with(self, self.val_data) if self.val_data is not None else {}
         row["val_loss"], row["val_accuracy"] = val.get("loss"), val.get("accuracy")
         row["lr"] = self.last_lr
         row["seconds"] = time.perf_counter() - started
-        row["images_per_second"] = running.samples / train_seconds
+        row["images_per_second"] = samples / train_seconds
         self.history.append(row)
         self.epoch = epoch
         self._track_best(row)
-        if self.run_dir is not None:
+        if self.writes_files:
             self._write_history()
             if config.checkpoint_every and epoch % config.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -381,12 +400,13 @@ class Trainer:
             "final_fit_accuracy": last.get("fit_accuracy"),
             "device": str(self.device),
             "threads": self.threads,
+            "world_size": self.dist.world_size,
             "seed": self.config.seed,
             "versions": library_versions(),
         }
 
     def _write_config(self) -> None:
-        if self.run_dir is None:
+        if not self.writes_files:
             return
         resolved = {"train": self.config.to_dict(), **self.extra_config,
                     "data": {"train_samples": len(self.train_data),
@@ -394,11 +414,12 @@ class Trainer:
                              "classes": self.train_data.classes,
                              "source": self.train_data.source,
                              "mean": self.train_data.mean, "std": self.train_data.std},
-                    "device": str(self.device), "threads": self.threads}
+                    "device": str(self.device), "threads": self.threads,
+                    "world_size": self.dist.world_size}
         write_json_atomic(self.run_dir / "config.json", resolved)
 
     def _write_history(self) -> None:
-        if self.run_dir is None:
+        if not self.writes_files:
             return
         with atomic_path(self.run_dir / "metrics.csv") as tmp:
             with open(tmp, "w", newline="") as handle:
@@ -479,15 +500,26 @@ def load_checkpoint_file(path: str | Path, device="cpu") -> dict:
 
 @torch.no_grad()
 def evaluate_with(trainer: Trainer, data: ArrayDataset) -> dict:
-    return evaluate(trainer.model, data, trainer.task, trainer.config.eval_batch_size,
+    """Evaluate with the trainer's settings; under DDP each rank scores a shard and sums."""
+    shard = data
+    if trainer.dist.enabled:
+        shard = ArrayDataset(trainer.dist.shard(data.inputs), trainer.dist.shard(data.targets),
+                             data.classes)
+    sums = evaluate(trainer.model, shard, trainer.task, trainer.config.eval_batch_size,
                     trainer.device, trainer.mean, trainer.std, trainer.memory_format,
-                    trainer._autocast)
+                    trainer._autocast, return_sums=True)
+    totals = trainer.dist.all_sum(torch.tensor([sums["loss_sum"], sums["correct"],
+                                                sums["count"], sums["samples"]],
+                                               dtype=torch.float64, device=trainer.device))
+    loss_sum, correct, count, samples = totals.tolist()
+    return {"loss": loss_sum / max(1.0, samples), "accuracy": correct / max(1.0, count)}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ArrayDataset, task: Task | None = None,
              batch_size: int = 512, device: str | torch.device = "auto", mean=None, std=None,
-             memory_format=torch.contiguous_format, autocast=nullcontext) -> dict:
+             memory_format=torch.contiguous_format, autocast=nullcontext,
+             return_sums: bool = False) -> dict:
     """Loss and accuracy of ``model`` on ``data`` (in eval mode; the mode is restored).
 
     ``mean``/``std`` default to the dataset's own statistics.
@@ -514,6 +546,9 @@ def evaluate(model: nn.Module, data: ArrayDataset, task: Task | None = None,
         correct_sum += correct
         count += n
     model.train(was_training)
+    if return_sums:
+        return {"loss_sum": loss_sum.item(), "correct": correct_sum.item(), "count": count,
+                "samples": len(data)}
     samples = max(1, len(data))
     return {"loss": loss_sum.item() / samples, "accuracy": correct_sum.item() / max(1, count)}
 
