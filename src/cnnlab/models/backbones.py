@@ -700,8 +700,8 @@ def build_transfer_model(backbone: str | None, weights: str | os.PathLike | None
 
 def _feature_channels(adapter: InputAdapter, features: nn.Module, node: str, size: int,
                       in_channels: int) -> int:
-    # Channels do not depend on the input size, so probe small (ResNet-50 at 224 costs ~1 s).
-    probe_size = min(size, 64)
+    # Channels do not depend on the input size, so probe small (ResNet-50 at 224 costs ~1 s; at 32 every ResNet still has >= 1x1 left).
+    probe_size = min(size, 32)
     was_training = features.training
     features.eval()
     with torch.no_grad():

@@ -331,7 +331,7 @@ def train_transfer(spec: TransferSpec, config: TrainConfig, out: str | Path | No
               "feature_channels": model.provenance["feature_channels"],
               "cache_used": use_cache}
     extra = {"task": "classify", "run": _run_spec(spec, model).to_dict(), "transfer": record}
-    curves = [CurvesCallback(run_dir / "curves.png", _title(spec, model))] if run_dir else []
+    curves = [ThrottledCurves(run_dir / "curves.png", _title(spec, model))] if run_dir else []
     if use_cache:
         cache = default_feature_cache(spec.feature_cache)
         device = resolve_device(config.device)
@@ -373,6 +373,24 @@ def train_transfer(spec: TransferSpec, config: TrainConfig, out: str | Path | No
     if run_dir is not None:
         _finish_run_dir(run_dir, model, result, _title(spec, model))
     return result
+
+
+class ThrottledCurves(CurvesCallback):
+    """Redraws ``curves.png`` at most every ``interval_seconds`` (the run's end draws it too).
+
+    An epoch of a head on cached features takes milliseconds and drawing the
+    figure about half a second, so redrawing every epoch would dominate.
+    """
+
+    def __init__(self, path: Path, title: str, interval_seconds: float = 10.0) -> None:
+        super().__init__(path, title)
+        self.interval_seconds = interval_seconds
+        self.last_drawn = time.perf_counter()
+
+    def on_epoch_end(self, trainer, epoch, row) -> None:
+        if time.perf_counter() - self.last_drawn >= self.interval_seconds:
+            super().on_epoch_end(trainer, epoch, row)
+            self.last_drawn = time.perf_counter()
 
 
 def _stored_spec(run_dir: Path | None, config: TrainConfig) -> tuple[TransferSpec, TrainConfig]:
