@@ -7,7 +7,13 @@ import pytest
 from cnnlab._util import CnnlabError
 from cnnlab.lab.segmentation import SIZE_BINS, claim_verdict
 from cnnlab.lab.study import StudyContext, studies
-from cnnlab.train.segmentation import evaluate_segmentation, train_segmentation
+from cnnlab.train import TrainConfig
+from cnnlab.train.segmentation import (
+    SegmentationSpec,
+    evaluate_segmentation,
+    train_segmentation,
+    train_segmentation_spec,
+)
 
 
 def test_train_then_evaluate_gives_the_same_metrics(tmp_path):
@@ -23,6 +29,18 @@ def test_train_then_evaluate_gives_the_same_metrics(tmp_path):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6, nan_ok=True)
     assert set(evaluated["iou_at_thresholds"]) == {"0.3", "0.4", "0.5", "0.6", "0.7"}
     assert json.loads((run_dir / "segmentation_metrics.json").read_text())["loss"] == "dice"
+
+
+def test_spec_form_resumes_from_the_checkpoint(tmp_path):
+    spec = SegmentationSpec(data="synthetic", loss="lovasz", size=32, synthetic_count=24,
+                            augment="flips")
+    first = train_segmentation_spec(spec, TrainConfig(epochs=1, batch_size=8, device="cpu"),
+                                    tmp_path)
+    assert len(first.history) == 1
+    second = train_segmentation_spec(spec, TrainConfig(epochs=2, batch_size=8, device="cpu"),
+                                     tmp_path, resume=True)
+    assert [row["epoch"] for row in second.history] == [1, 2]
+    assert second.summary["segmentation"]["loss"] == "lovasz"
 
 
 def test_evaluate_rejects_a_folder_that_is_not_a_segmentation_run(tmp_path):

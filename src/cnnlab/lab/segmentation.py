@@ -183,43 +183,59 @@ def claim_verdict(bins: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- figures
 
 
-def _overlay_panel(axes, image: np.ndarray, mask: np.ndarray | None, color: tuple,
-                   title: str) -> None:
-    axes.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+def _tint(image: np.ndarray, mask: np.ndarray | None, color: tuple[float, float, float]
+          ) -> np.ndarray:
+    """A grey uint8 image as RGB floats in [0, 1], with ``mask`` pixels blended toward ``color``."""
+    rgb = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2)
     if mask is not None:
-        rgba = np.zeros((*mask.shape, 4))
-        rgba[mask > 0] = (*color, 0.45)
-        axes.imshow(rgba, interpolation="nearest")
-    axes.set_title(title, fontsize="x-small")
-    axes.set_axis_off()
+        rgb[mask > 0] = 0.55 * rgb[mask > 0] + 0.45 * np.asarray(color, dtype=np.float32)
+    return rgb
 
 
 def save_overlays(path: Path, images: np.ndarray, masks: np.ndarray,
                   predictions: dict[str, np.ndarray | None], row_labels: list[str],
                   title: str) -> Path:
-    """Rows of examples: image, true mask (green), then each loss's mask (red) at 0.5."""
+    """Rows of examples: image, true mask (green), then each loss's mask (red) at 0.5.
+
+    The panels are tiled into one RGB mosaic drawn on a single axes: a grid of
+    dozens of matplotlib axes takes seconds to lay out, a mosaic milliseconds.
+    """
     from matplotlib.figure import Figure as MatplotlibFigure
 
     from cnnlab.report.figures import _save
 
+    rows, H, W = images.shape
     columns = 2 + len(predictions)
-    rows = len(images)
-    figure = MatplotlibFigure(figsize=(1.25 * columns, 1.35 * rows + 0.3), dpi=100,
-                              layout="constrained")
-    grid = figure.subplots(rows, columns, squeeze=False)
+    gap = max(2, W // 16)
+    mosaic = np.ones((rows * (H + gap) - gap, columns * (W + gap) - gap, 3), np.float32)
+    labels: list[tuple[int, int, str]] = []
     for row in range(rows):
-        image, truth = images[row], masks[row]
-        _overlay_panel(grid[row][0], image, None, (0, 0, 0), row_labels[row])
-        _overlay_panel(grid[row][1], image, truth, (0.1, 0.9, 0.1), "true mask")
-        for column, (loss, probabilities) in enumerate(predictions.items(), start=2):
+        image, truth = images[row], masks[row] > 0
+        panels = [(_tint(image, None, (0, 0, 0)), row_labels[row]),
+                  (_tint(image, truth, (0.1, 0.9, 0.1)), "true mask")]
+        for loss, probabilities in predictions.items():
             if probabilities is None:
-                grid[row][column].set_axis_off()
+                panels.append((np.ones((H, W, 3), np.float32), f"{loss}: missing"))
                 continue
             predicted = probabilities[row] >= 128
-            union = np.logical_or(predicted, truth > 0).sum()
-            iou = np.logical_and(predicted, truth > 0).sum() / union if union else 1.0
-            _overlay_panel(grid[row][column], image, predicted, (0.95, 0.1, 0.1),
-                           f"{loss}  IoU {iou:.2f}")
+            union = np.logical_or(predicted, truth).sum()
+            iou = np.logical_and(predicted, truth).sum() / union if union else 1.0
+            panels.append((_tint(image, predicted, (0.95, 0.1, 0.1)),
+                           f"{loss} IoU {iou:.2f}"))
+        for column, (panel, label) in enumerate(panels):
+            top, left = row * (H + gap), column * (W + gap)
+            mosaic[top:top + H, left:left + W] = panel
+            labels.append((top, left, label))
+
+    cell_inches = 1.2
+    figure = MatplotlibFigure(figsize=(columns * cell_inches, rows * cell_inches * 1.18 + 0.4),
+                              dpi=100)
+    axes = figure.add_axes((0.005, 0.005, 0.99, 0.99 - 0.35 / (rows * cell_inches * 1.18 + 0.4)))
+    axes.imshow(mosaic, interpolation="nearest", aspect="auto")
+    for top, left, label in labels:
+        axes.text(left + 1, top + 1, label, color="yellow", fontsize=6, va="top", ha="left",
+                  bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
+    axes.set_axis_off()
     figure.suptitle(title, fontsize="small")
     return _save(figure, path)
 
@@ -232,7 +248,9 @@ def save_size_curves(path: Path, results: dict[str, dict[str, Any]], pixels: int
 
     edges = np.geomspace(0.01, 0.41, 9)
     centres = np.sqrt(edges[:-1] * edges[1:])
-    figure = MatplotlibFigure(figsize=(9, 3.6), dpi=100, layout="constrained")
+    # Fixed margins: constrained layout costs seconds per figure on a busy CPU.
+    figure = MatplotlibFigure(figsize=(9, 3.6), dpi=100)
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.3)
     iou_axes, ratio_axes = figure.subplots(1, 2)
     for index, (loss, result) in enumerate(results.items()):
         true_area = np.asarray(result["per_image"]["true_area"], dtype=np.float64)
@@ -249,14 +267,22 @@ def save_size_curves(path: Path, results: dict[str, dict[str, Any]], pixels: int
         style = {"color": f"C{index}", "marker": "o", "markersize": 3, "label": loss}
         iou_axes.plot(centres * 100, iou_curve, **style)
         ratio_axes.plot(centres * 100, ratio_curve, **style)
-    for axes in (iou_axes, ratio_axes):
-        axes.set_xscale("log")
-        axes.set_xlabel("true foreground, % of the image (log scale)")
-        axes.grid(alpha=0.3, which="both")
-    iou_axes.set_ylabel("IoU at threshold 0.5 (mean over images)")
-    ratio_axes.set_ylabel("predicted / true area (pooled per bin)")
+    from matplotlib.ticker import NullFormatter
+
     ratio_axes.axhline(1.0, color="black", linewidth=0.8)
     ratio_axes.set_yscale("log")
+    for axes in (iou_axes, ratio_axes):
+        axes.set_xscale("log")
+        ticks = [1, 2, 5, 10, 20, 40]
+        axes.set_xticks(ticks, [str(t) for t in ticks])
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel("true foreground, % of the image (log scale)")
+        axes.grid(alpha=0.3, which="both")
+    ratio_axes.yaxis.set_minor_formatter(NullFormatter())
+    ratio_ticks = [0.25, 0.5, 0.75, 1, 1.5, 2, 4]
+    ratio_axes.set_yticks(ratio_ticks, [f"{t:g}" for t in ratio_ticks])
+    iou_axes.set_ylabel("IoU at 0.5, mean over images")
+    ratio_axes.set_ylabel("predicted / true area, pooled")
     iou_axes.legend(fontsize="small")
     figure.suptitle("Synthetic shapes: accuracy and mask size against object size",
                     fontsize="small")
@@ -269,7 +295,8 @@ def save_threshold_curves(path: Path, curves: dict[str, dict[str, dict[str, floa
 
     from cnnlab.report.figures import _save
 
-    figure = MatplotlibFigure(figsize=(4.5 * len(curves), 3.4), dpi=100, layout="constrained")
+    figure = MatplotlibFigure(figsize=(4.5 * len(curves), 3.4), dpi=100)
+    figure.subplots_adjust(left=0.1, right=0.98, bottom=0.15, top=0.9, wspace=0.28)
     panels = figure.subplots(1, len(curves), squeeze=False)[0]
     for axes, (dataset, by_loss) in zip(panels, curves.items(), strict=True):
         for index, (loss, curve) in enumerate(by_loss.items()):

@@ -438,8 +438,10 @@ def predict_probabilities(model: nn.Module, images: Tensor, mean: tuple | None =
 class _EpochLog(Callback):
     """Logs one fixed-column line per epoch and advances an optional rich progress bar."""
 
-    def __init__(self, epochs: int, progress: bool, label: str) -> None:
+    def __init__(self, epochs: int, progress: bool, label: str, level: int = logging.INFO
+                 ) -> None:
         super().__init__()
+        self.level = level
         self.progress = None
         if progress:
             from rich.progress import Progress
@@ -452,10 +454,10 @@ class _EpochLog(Callback):
             self.progress.start()
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
-        log.info("epoch %3d  train_loss %.4f  val_loss %s  val_pixel_acc %s  lr %.2e  %.1f s"
-                 "  %.0f images/s", epoch, row["train_loss"], _fmt(row.get("val_loss")),
-                 _fmt(row.get("val_accuracy")), row["lr"], row["seconds"],
-                 row["images_per_second"])
+        log.log(self.level, "epoch %3d  train_loss %.4f  val_loss %s  val_pixel_acc %s"
+                "  lr %.2e  %.1f s  %.0f images/s", epoch, row["train_loss"],
+                _fmt(row.get("val_loss")), _fmt(row.get("val_accuracy")), row["lr"],
+                row["seconds"], row["images_per_second"])
         if self.progress is not None:
             self.progress.advance(self.task_id)
 
@@ -503,14 +505,34 @@ def train_segmentation(data: str | os.PathLike = "seg-membrane", loss: str = "bc
                             size=size, tile=tile, validation=validation, augment=augment,
                             pos_weight=pos_weight, mask_threshold=mask_threshold,
                             foreground=foreground, synthetic_count=synthetic_count, seed=seed)
-    train, val = load_split(spec, data_root)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
-                         seed=seed, device=device, threads=threads,
-                         fit_subset=min(256, len(train)), **(train_options or {}))
+                         seed=seed, device=device, threads=threads, **(train_options or {}))
+    return train_segmentation_spec(spec, config, out, data_root=data_root, progress=progress)
+
+
+def train_segmentation_spec(spec: SegmentationSpec, config, out: str | os.PathLike | None, *,
+                            resume: bool = False, callbacks: Sequence = (),
+                            data_root: str | os.PathLike | None = None,
+                            progress: bool = False):
+    """:func:`train_segmentation` from a :class:`SegmentationSpec` and a ``TrainConfig``.
+
+    The form a CLI calls: it builds the ``TrainConfig`` from its common options
+    (``--epochs``, ``--batch-size``, ``--lr``...) and the spec from the
+    segmentation ones (``--data``, ``--loss``, ``--model``...). ``resume=True``
+    continues from ``out/checkpoint.pt``; ``callbacks`` are added to the
+    trainer's. The fit subset (un-augmented training images measured each
+    epoch) is capped at 256 tiles, because a segmentation forward pass costs
+    far more than a classification one. Returns the RunResult, with the
+    validation metrics in ``summary["segmentation"]``.
+    """
+    from dataclasses import replace
+
+    train, val = load_split(spec, data_root)
+    config = replace(config, fit_subset=min(config.fit_subset, 256, len(train)))
     result, probabilities = fit_segmentation(
-        train, val, loss, config, model=model, model_options=model_options, augment=augment,
-        pos_weight=pos_weight, run_dir=out, progress=progress,
-        extra_config={"segmentation": asdict(spec)})
+        train, val, spec.loss, config, model=spec.model, model_options=spec.model_options,
+        augment=spec.augment, pos_weight=spec.pos_weight, run_dir=out, resume=resume,
+        callbacks=callbacks, progress=progress, extra_config={"segmentation": asdict(spec)})
     report = _metrics_report(probabilities, val.masks, spec)
     result.summary["segmentation"] = report
     if out is not None:
@@ -521,6 +543,7 @@ def train_segmentation(data: str | os.PathLike = "seg-membrane", loss: str = "bc
 def fit_segmentation(train, val, loss: str, config, *, model: str = "unet_tiny",
                      model_options: dict | None = None, augment: str | None = "standard",
                      pos_weight: float | None = None, run_dir: str | os.PathLike | None = None,
+                     resume: bool = False, callbacks: Sequence = (),
                      extra_config: dict | None = None, progress: bool = False):
     """Train on one :class:`~cnnlab.data.segmentation.SegmentationSet`, validate on another.
 
@@ -528,7 +551,8 @@ def fit_segmentation(train, val, loss: str, config, *, model: str = "unet_tiny",
     study) that build their own sets. Images are normalised with the training
     set's mean and standard deviation; ``augment`` names a joint augmentation
     preset (:func:`cnnlab.augment.joint.joint_augment`). Returns the trainer's
-    RunResult and the validation probabilities ``[N, 1, H, W]``.
+    RunResult and the validation probabilities ``[N, 1, H, W]``. ``resume``
+    continues from ``run_dir/checkpoint.pt``.
     """
     import cnnlab.models.unet  # noqa: F401  (registers the U-Net names)
     from cnnlab.augment.joint import joint_augment
@@ -543,12 +567,15 @@ def fit_segmentation(train, val, loss: str, config, *, model: str = "unet_tiny",
                       val=val.to_array_dataset(*statistics),
                       augment=joint_augment(augment) if augment else None, task=task,
                       run_dir=run_dir,
-                      callbacks=[_EpochLog(config.epochs, progress, f"{loss} loss")],
+                      # A caller's own callbacks (the CLI's) print the epoch lines instead.
+                      callbacks=[_EpochLog(config.epochs, progress, f"{loss} loss",
+                                           logging.DEBUG if callbacks else logging.INFO),
+                                 *callbacks],
                       extra_config={"task": "segment", **(extra_config or {}),
                                     "statistics": {"mean": statistics[0], "std": statistics[1]}})
     log.info("training %s with %s loss: %d training images %s, %d validation %s", model, loss,
              len(train), tuple(train.images.shape[-2:]), len(val), tuple(val.images.shape[-2:]))
-    result = trainer.fit()
+    result = trainer.fit(resume=resume)
     probabilities = predict_probabilities(result.model, val.images, *statistics,
                                           device=config.device)
     return result, probabilities
