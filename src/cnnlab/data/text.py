@@ -329,12 +329,10 @@ def read_text_csv(
     path = Path(path)
     lines = read_lines(path, invalid_utf8=invalid_utf8)
     reader = csv.reader(io.StringIO("\n".join(lines) + "\n"))
-    try:
-        header = next(reader)
-    except StopIteration:
+    header = [name.strip() for name in next(reader, [])]
+    if not any(header):
         raise CnnlabError(f"{path} is empty; expected a header row with columns "
-                          f"{text_column!r} and {label_column!r}") from None
-    header = [name.strip() for name in header]
+                          f"{text_column!r} and {label_column!r}")
     for column in (text_column, label_column):
         if column not in header:
             raise CnnlabError(f"{path}: no column {column!r}; the header has {header}. "

@@ -45,7 +45,7 @@ from cnnlab.data.text import stratified_holdout
 from cnnlab.lab.study import Figure, Study, StudyContext, StudyResult, Table, register
 from cnnlab.models import build_model
 from cnnlab.models import audio_cnn as _audio_cnn  # noqa: F401  (registers audio_cnn)
-from cnnlab.models.baselines import mfcc_classifier, mfcc_statistics
+from cnnlab.models.baselines import limited_threads, mfcc_classifier, mfcc_statistics
 from cnnlab.train import TrainConfig, Trainer, predict_logits
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,11 @@ def fit_mfcc_baseline(train: ArrayDataset, test: ArrayDataset, *, recipe: dict[s
     """MFCC statistics + ``kind`` ("logistic" or "svm"), fitted on all of ``train``."""
     started = time.perf_counter()
     mel = _mel(recipe)
-    train_features = mfcc_statistics(train.inputs, mel, recipe["n_mfcc"])
-    test_features = mfcc_statistics(test.inputs, mel, recipe["n_mfcc"])
-    classifier = mfcc_classifier(kind, seed=seed).fit(train_features, train.targets.numpy())
-    predictions = classifier.predict(test_features)
+    with limited_threads():
+        train_features = mfcc_statistics(train.inputs, mel, recipe["n_mfcc"])
+        test_features = mfcc_statistics(test.inputs, mel, recipe["n_mfcc"])
+        classifier = mfcc_classifier(kind, seed=seed).fit(train_features, train.targets.numpy())
+        predictions = classifier.predict(test_features)
     targets = test.targets.numpy()
     return {
         "accuracy": float((predictions == targets).mean()),

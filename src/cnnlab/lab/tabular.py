@@ -48,7 +48,7 @@ from cnnlab.data.tabular import (
 from cnnlab.lab.study import Figure, Study, StudyContext, StudyResult, Table, register
 from cnnlab.models import build_model
 from cnnlab.models import tabular as _tabular  # noqa: F401  (registers the tabular models)
-from cnnlab.models.baselines import gradient_boosting
+from cnnlab.models.baselines import gradient_boosting, limited_threads
 from cnnlab.train import TrainConfig, Trainer, predict_logits
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,9 @@ def fit_boosting(train: EncodedTable, test: EncodedTable, preprocessor: TabularP
         [True] * len(preprocessor.categorical_columns)
     model = gradient_boosting(categorical, seed=seed, max_iter=recipe["hgb_max_iter"],
                               learning_rate=recipe["hgb_learning_rate"])
-    model.fit(train.packed(), train.targets)
-    probabilities = model.predict_proba(test.packed())
+    with limited_threads():
+        model.fit(train.packed(), train.targets)
+        probabilities = model.predict_proba(test.packed())
     return {**scores(probabilities, test.targets), "seconds": time.perf_counter() - started}
 
 

@@ -45,7 +45,7 @@ from cnnlab.data.text import (
 from cnnlab.lab.study import Figure, Study, StudyContext, StudyResult, Table, register
 from cnnlab.models import build_model
 from cnnlab.models import text_cnn as _text_cnn  # noqa: F401  (registers text_cnn)
-from cnnlab.models.baselines import tfidf_logistic_regression
+from cnnlab.models.baselines import limited_threads, tfidf_logistic_regression
 from cnnlab.train import Callback, TrainConfig, Trainer, predict_logits
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,9 @@ def fit_text_cnn(train: TextCorpus, test: TextCorpus, *, recipe: dict[str, Any] 
 def fit_tfidf(train: TextCorpus, test: TextCorpus, *, seed: int = 0) -> dict[str, Any]:
     """TF-IDF + logistic regression fitted on all of ``train``, measured on ``test``."""
     started = time.perf_counter()
-    pipeline = tfidf_logistic_regression(seed=seed).fit(train.texts, train.labels)
-    predictions = pipeline.predict(test.texts)
+    with limited_threads():
+        pipeline = tfidf_logistic_regression(seed=seed).fit(train.texts, train.labels)
+        predictions = pipeline.predict(test.texts)
     return {
         "accuracy": float((predictions == np.asarray(test.labels)).mean()),
         "predictions": [int(p) for p in predictions],
