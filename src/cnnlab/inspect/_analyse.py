@@ -78,15 +78,16 @@ def inspect(
     model: nn.Module,
     input_shape: str | tuple[int, ...],
     *,
-    input_dtype: torch.dtype = torch.float32,
+    input_dtype: torch.dtype | None = None,
     name: str | None = None,
     trace: str = "auto",
 ) -> InspectResult:
     """Shapes, parameters, receptive fields and MACs of every layer of ``model``.
 
     ``input_shape`` is one sample without the batch, channels first
-    (``"3x32x32"``; ``"3x224"`` for a 1-d signal). For integer inputs such
-    as token ids (``input_dtype=torch.long``) every axis is a position. The
+    (``"3x32x32"``; ``"3x224"`` for a 1-d signal). The input has the dtype of
+    the model's parameters unless ``input_dtype`` says otherwise; for integer
+    inputs such as token ids (``torch.long``) every axis is a position. The
     model runs once on the ``meta`` device in eval mode (its mode is
     restored), so even large inputs cost no memory. ``trace``: ``"auto"``
     uses torch.fx and falls back to a recorded run when tracing fails;
@@ -107,6 +108,9 @@ def inspect(
         raise CnnlabError(f"inspect needs a torch.nn.Module, got {type(model).__name__}")
     shape = parse_input_shape(input_shape)
     name = name or type(model).__name__
+    if input_dtype is None:
+        input_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                           torch.float32)
     positional = not torch.is_floating_point(torch.empty(0, dtype=input_dtype))
     spatial_axes = tuple(range(1, len(shape) + 1)) if positional \
         else tuple(range(2, len(shape) + 1))

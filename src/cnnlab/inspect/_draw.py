@@ -215,7 +215,9 @@ def _plot(picture: FieldPicture, background: torch.Tensor, heat: torch.Tensor,
     axes.imshow(background.clamp(0, 1).numpy(), extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     peak = float(heat.max()) or 1.0
     overlay = (heat / peak).float().numpy()
-    axes.imshow(overlay, cmap="magma", alpha=0.55 * (overlay > 0), vmin=0, vmax=1,
+    # Transparency follows the square root of the gradient so that the faint tails
+    # of the effective field stay visible without hiding the image under the peak.
+    axes.imshow(overlay, cmap="magma", alpha=0.85 * overlay ** 0.5, vmin=0, vmax=1,
                 extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     (top, bottom), (left, right) = picture.theoretical_box
     axes.add_patch(Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1,
