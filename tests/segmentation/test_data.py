@@ -118,14 +118,14 @@ def test_defect_masks_are_binarised_at_128(defect_root):
 
 
 def test_synthetic_shapes_cover_one_to_forty_percent_and_repeat_per_seed():
-    data = synthetic_shapes(400, size=64, seed=3)
+    data = synthetic_shapes(200, size=64, seed=3)
     fractions = data.foreground_fraction
     assert 0.008 < fractions.min().item() < 0.02 and 0.3 < fractions.max().item() < 0.42
     ratio = fractions / data.extra["target_fraction"]
     assert ratio.min().item() > 0.8 and ratio.max().item() < 1.2
-    again = synthetic_shapes(400, size=64, seed=3)
+    again = synthetic_shapes(200, size=64, seed=3)
     assert torch.equal(data.images, again.images) and torch.equal(data.masks, again.masks)
-    assert not torch.equal(data.images, synthetic_shapes(400, size=64, seed=4).images)
+    assert not torch.equal(data.images, synthetic_shapes(200, size=64, seed=4).images)
     assert all(name.startswith("synthetic") for name in data.names)
     # Objects are brighter than their surroundings on average: the task is learnable.
     inside = data.images[data.masks.bool()].float().mean()
