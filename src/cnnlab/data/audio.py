@@ -168,7 +168,7 @@ def read_fsdd(root: str | os.PathLike = "fsdd", *, label: str = "speaker") -> Au
                              strict=True)
 
 
-def fsdd_split(corpus: AudioCorpus, *, test_indices: range = range(0, 5)
+def fsdd_split(corpus: AudioCorpus, *, test_indices: range = range(5)
                ) -> tuple[AudioCorpus, AudioCorpus]:
     """The official FSDD split: recordings with index 0-4 are test, 5-49 train.
 
@@ -306,7 +306,7 @@ def load_waveforms(
     silence on both sides, a longer one loses equal parts at both ends.
     Centring leaves room for a random time shift either way during training.
     """
-    length = int(round(seconds * sample_rate))
+    length = round(seconds * sample_rate)
     if length <= 0:
         raise CnnlabError(f"clip length must be positive, got {seconds} s")
     out = torch.zeros((len(corpus), length), dtype=torch.float32)
@@ -319,7 +319,7 @@ def load_waveforms(
 
 
 def center_fit(samples: np.ndarray, length: int) -> np.ndarray:
-    """``samples`` centred in a window of ``length``: zero-padded or cropped equally at both ends."""
+    """``samples`` centred in a window of ``length``, zero-padded or cropped at both ends."""
     if len(samples) >= length:
         start = (len(samples) - length) // 2
         return samples[start : start + length]
@@ -374,6 +374,10 @@ class MelConfig:
         return 1 + samples // self.hop_length
 
 
+DEFAULT_MEL = MelConfig()
+"""The settings the speech study uses (8 kHz, 40 bands); frozen, so safe as a default."""
+
+
 def hz_to_mel(hz):
     """HTK mel scale: ``2595 * log10(1 + hz / 700)``."""
     return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
@@ -418,7 +422,7 @@ class LogMel(torch.nn.Module):
     moves to the device with the model.
     """
 
-    def __init__(self, config: MelConfig = MelConfig()) -> None:
+    def __init__(self, config: MelConfig = DEFAULT_MEL) -> None:
         super().__init__()
         self.config = config
         self.register_buffer("window", torch.hann_window(config.n_fft, periodic=True),
@@ -437,7 +441,7 @@ class LogMel(torch.nn.Module):
         return torch.log(band_power + self.config.log_floor)
 
 
-def log_mel(waveforms, config: MelConfig = MelConfig()):
+def log_mel(waveforms, config: MelConfig = DEFAULT_MEL):
     """Functional form of :class:`LogMel` for a ``[B, samples]`` tensor (on its device)."""
     return LogMel(config).to(waveforms.device)(waveforms)
 
@@ -462,7 +466,7 @@ class TimeShiftNoise:
         if max_shift_seconds < 0 or snr_db[0] > snr_db[1]:
             raise CnnlabError(f"bad augmentation settings: shift {max_shift_seconds} s, "
                               f"SNR range {snr_db} dB")
-        self.max_shift = int(round(max_shift_seconds * sample_rate))
+        self.max_shift = round(max_shift_seconds * sample_rate)
         self.snr_db = snr_db
         self.generator = generator
 

@@ -43,8 +43,8 @@ from cnnlab.data.audio import (
 )
 from cnnlab.data.text import stratified_holdout
 from cnnlab.lab.study import Figure, Study, StudyContext, StudyResult, Table, register
-from cnnlab.models import build_model
 from cnnlab.models import audio_cnn as _audio_cnn  # noqa: F401  (registers audio_cnn)
+from cnnlab.models import build_model
 from cnnlab.models.baselines import limited_threads, mfcc_classifier, mfcc_statistics
 from cnnlab.train import TrainConfig, Trainer, predict_logits
 
@@ -183,7 +183,7 @@ def run(ctx: StudyContext) -> StudyResult:
         title=f"Speaker identification, {len(classes)} speakers: test accuracy "
               f"({n_test} held-out recordings)",
         columns=["model", "test accuracy (%)", "errors", "seconds"],
-        rows=[[name, round(100 * r["accuracy"], 2), int(round((1 - r["accuracy"]) * n_test)),
+        rows=[[name, round(100 * r["accuracy"], 2), _errors(r["confusion"]),
                round(r["seconds"], 1)] for name, r in models.items()],
         caption="Official FSDD split (recording index 0-4 test). No published speaker-ID "
                 "accuracy exists for this split to place beside ours.",
@@ -219,7 +219,7 @@ def run(ctx: StudyContext) -> StudyResult:
     setup = {
         "profile": ctx.profile, "seed": ctx.seed, "recipe": recipe, "classes": classes,
         "split": f"official FSDD: index 0-4 test ({n_test}), 5-49 train ({len(train)}, of which "
-                 f"{int(round(recipe['validation_fraction'] * 100))}% validation)",
+                 f"{recipe['validation_fraction']:.0%} validation)",
         "spectrogram": "n_fft 256 (32 ms), hop 80 (10 ms), 40 HTK-mel bands 20-4000 Hz, "
                        "Slaney-normalised, log(power + 1e-6)",
     }
@@ -231,6 +231,11 @@ def run(ctx: StudyContext) -> StudyResult:
                  Figure("CNN training curves with and without augmentation", curves.name)],
         findings=findings, numbers=numbers, wall_seconds=time.perf_counter() - started,
     )
+
+
+def _errors(confusion: list[list[int]]) -> int:
+    matrix = np.asarray(confusion)
+    return int(matrix.sum() - np.trace(matrix))
 
 
 def _first_per_class(corpus: AudioCorpus, count: int) -> AudioCorpus:
@@ -246,11 +251,11 @@ def _findings(ctx, models, cnn, plain, svm, classes, n_test) -> list[str]:
     accuracy = {name: 100 * r["accuracy"] for name, r in models.items()}
     best_name = max(accuracy, key=accuracy.get)
     one = 100 / n_test
-    findings = [
+    findings = [(
         f"Best on the {n_test} test recordings: {best_name} at {accuracy[best_name]:.1f}% "
         f"(one recording is {one:.2f} points). CNN {100 * cnn['accuracy']:.1f}% vs MFCC + SVM "
         f"{100 * svm['accuracy']:.1f}% ({100 * (cnn['accuracy'] - svm['accuracy']):+.1f} points)."
-    ]
+    )]
     gap = 100 * (cnn["accuracy"] - plain["accuracy"])
     findings.append(
         f"Time-shift and noise augmentation moved the CNN from {100 * plain['accuracy']:.1f}% to "

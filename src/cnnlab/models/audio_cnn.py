@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cnnlab._util import CnnlabError
-from cnnlab.data.audio import LogMel, MelConfig
+from cnnlab.data.audio import DEFAULT_MEL, LogMel, MelConfig
 from cnnlab.models.registry import register_model
 
 
@@ -36,7 +36,7 @@ def _block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
 class AudioCNN(nn.Module):
     """Log-mel front end plus a 4-block 2-D CNN; see the module docstring."""
 
-    def __init__(self, num_classes: int, mel: MelConfig = MelConfig(),
+    def __init__(self, num_classes: int, mel: MelConfig = DEFAULT_MEL,
                  channels: tuple[int, int, int, int] = (16, 32, 64, 64), dropout: float = 0.3
                  ) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cnnlab._util import CnnlabError
-from cnnlab.data.audio import LogMel, MelConfig
+from cnnlab.data.audio import DEFAULT_MEL, LogMel, MelConfig
 from cnnlab.data.text import tokenize
 
 
@@ -80,7 +80,7 @@ def dct_matrix(n_mfcc: int, n_mels: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mfcc_statistics(waveforms: torch.Tensor, mel: MelConfig = MelConfig(), n_mfcc: int = 20,
+def mfcc_statistics(waveforms: torch.Tensor, mel: MelConfig = DEFAULT_MEL, n_mfcc: int = 20,
                     batch_size: int = 256) -> np.ndarray:
     """Per-clip MFCC means and standard deviations: ``[N, 2 * n_mfcc]`` float32.
 
