@@ -69,6 +69,15 @@ def binary_folder(tmp_path, private_cache) -> Path:
     return make_binary_folder(tmp_path / "parts")
 
 
+@pytest.fixture(scope="module")
+def shared_binary_folder(tmp_path_factory):
+    """One default folder (with its own decode cache) for every test of a module."""
+    root = tmp_path_factory.mktemp("binary-folder")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE", str(root / "cache"))
+        yield make_binary_folder(root / "parts")
+
+
 @pytest.fixture
 def defect_data() -> Path:
     """The shared magnetic-tile set under $CNNLAB_DATA; tests that need it skip without it."""

@@ -96,3 +96,23 @@ def test_shared_defect_set_splits_by_tile(defect_data):
     assert not groups["train"] & groups["test"] and not groups["val"] & groups["test"]
     assert not groups["train"] & groups["val"]
     assert sum(len(g) for g in groups.values()) == 271
+
+
+def test_per_image_contrast_makes_exposures_alike():
+    from cnnlab.data.binary import per_image_contrast
+
+    generator = torch.Generator().manual_seed(0)
+    pattern = torch.rand(1, 1, 12, 10, generator=generator)
+    dark = (40 + 30 * pattern).round().to(torch.uint8)
+    bright = (150 + 60 * pattern).round().to(torch.uint8)  # same part, brighter exposure
+    flat = torch.full((1, 1, 12, 10), 77, dtype=torch.uint8)
+    result = per_image_contrast(torch.cat([dark, bright, flat]))
+    assert result.dtype == torch.uint8
+    assert (result[0].float() - result[1].float()).abs().max() <= 3  # rounding of the inputs
+    assert result[0].float().mean() == pytest.approx(128, abs=2)
+    assert torch.all(result[2] == 128)
+
+
+def test_unknown_contrast_is_refused(binary_folder):
+    with pytest.raises(CnnlabError, match="contrast 'histogram' is unknown"):
+        load_binary_folder(binary_folder, "defective", size=8, contrast="histogram")

@@ -25,10 +25,11 @@ from cnnlab.train import BinaryTask, Callback, Trainer, TrainConfig
 TINY_MODEL = {"widths": "4,8", "depth": 1}
 
 
-@pytest.fixture
-def finished_run(binary_folder, tmp_path):
-    out = tmp_path / "run"
-    summary = train_binary(str(binary_folder), "defective", out, size=16, epochs=2,
+@pytest.fixture(scope="module")
+def finished_run(shared_binary_folder, tmp_path_factory):
+    """One tiny run shared by the tests that only read it (training is the slow part)."""
+    out = tmp_path_factory.mktemp("binary-run") / "run"
+    summary = train_binary(str(shared_binary_folder), "defective", out, size=16, epochs=2,
                            model_options=TINY_MODEL, min_recall=0.9,
                            config=TrainConfig(batch_size=16, threads=1, checkpoint_every=0))
     return out, summary

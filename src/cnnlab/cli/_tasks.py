@@ -37,7 +37,8 @@ def train_binary_cli(args) -> int:
     spec = BinarySpec(
         data=args.data, positive=args.positive, model=args.model,
         model_options=model_options(args), size=args.resize or 64,
-        augment=None if args.augment == "none" else args.augment, imbalance=args.imbalance,
+        contrast=args.contrast, augment=None if args.augment == "none" else args.augment,
+        imbalance=args.imbalance,
         focal_gamma=args.focal_gamma, skip_bad=args.skip_bad, min_recall=args.min_recall,
         min_precision=args.min_precision, cost_escape=args.cost_escape,
         cost_false_alarm=args.cost_false_alarm, defect_rate=args.defect_rate)
@@ -56,7 +57,7 @@ def train_binary_cli(args) -> int:
 
 
 def evaluate_binary_cli(args) -> int:
-    """``cnnlab evaluate RUN`` for a binary run: calls :func:`cnnlab.runs.binary.evaluate_binary`."""
+    """``cnnlab evaluate RUN`` for a binary run: calls ``cnnlab.runs.binary.evaluate_binary``."""
     import json
 
     from cnnlab.runs.binary import evaluate_binary, policy_table_text

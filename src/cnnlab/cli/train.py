@@ -112,6 +112,9 @@ def add_parser(subparsers) -> None:
                         default="pos_weight",
                         help="pos_weight: weight positives by negatives/positives of train; "
                         "sampler: class-balanced epochs; none: the data as it is")
+    binary.add_argument("--contrast", choices=("none", "per_image"), default="none",
+                        help="per_image: standardise each image on its own (photographs under "
+                        "several exposures)")
     binary.add_argument("--focal-gamma", type=float, default=0.0,
                         help="focal loss exponent (0: plain binary cross-entropy)")
     binary.add_argument("--min-recall", type=float, default=0.99,

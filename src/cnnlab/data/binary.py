@@ -36,6 +36,7 @@ LABELS_FILE = "labels.csv"
 GROUP_COLUMN = "tile_group"
 IMAGE_COLUMN = "image"
 SPLITS = ("train", "val", "test")
+CONTRASTS = ("none", "per_image")
 
 
 @dataclass
@@ -141,6 +142,7 @@ def load_binary_folder(
     size: int | tuple[int, int] = 64,
     channels: int | None = None,
     group_column: str = GROUP_COLUMN,
+    contrast: str = "none",
     skip_bad: bool = False,
     progress: bool = False,
 ) -> BinaryData:
@@ -152,6 +154,8 @@ def load_binary_folder(
     ``channels`` of ``None`` keeps grayscale images as one channel and
     colour images as three (decided by the first image); 1 or 3 forces it.
     Decoded images are cached on disk (see :mod:`cnnlab.data.images`).
+    ``contrast="per_image"`` standardises each image on its own (see
+    :func:`per_image_contrast`), for photographs taken under several exposures.
 
     Example::
 
@@ -161,6 +165,8 @@ def load_binary_folder(
     root, image_root = find_binary_root(data)
     _, negative = check_classes(image_root, positive)
     classes, files = list_image_folder(image_root)
+    if contrast not in CONTRASTS:
+        raise CnnlabError(f"contrast {contrast!r} is unknown; use one of {', '.join(CONTRASTS)}")
     if channels is None:
         channels = _channels_of(files[0][0])
     images = load_image_folder(image_root, size=size, channels=channels, skip_bad=skip_bad,
@@ -175,7 +181,8 @@ def load_binary_folder(
     kinds = [_kind(path, image_root) for path, _ in kept]
     groups, group_source = _read_groups(root, relative, group_column)
 
-    dataset = ArrayDataset(images.inputs, targets, [negative, positive], source=str(root),
+    inputs = per_image_contrast(images.inputs) if contrast == "per_image" else images.inputs
+    dataset = ArrayDataset(inputs, targets, [negative, positive], source=str(root),
                            meta={"skipped": images.meta.get("skipped", [])})
     return BinaryData(dataset, root, relative, kinds, groups, group_source)
 
@@ -250,6 +257,7 @@ def load_binary(
     test_fraction: float = 0.2,
     seed: int = 0,
     group_column: str = GROUP_COLUMN,
+    contrast: str = "none",
     skip_bad: bool = False,
     progress: bool = False,
 ) -> BinarySplits:
@@ -261,8 +269,29 @@ def load_binary(
         splits.split_note   # 'grouped by labels.csv column tile_group: 271 groups, ...'
     """
     folder = load_binary_folder(data, positive, size=size, channels=channels,
-                                group_column=group_column, skip_bad=skip_bad, progress=progress)
+                                group_column=group_column, contrast=contrast,
+                                skip_bad=skip_bad, progress=progress)
     return split_binary(folder, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+
+
+def per_image_contrast(images: torch.Tensor, spread: float = 48.0, chunk: int = 1024
+                       ) -> torch.Tensor:
+    """Standardise each uint8 image on its own and map it back to uint8.
+
+    Each image becomes ``128 + spread * (x - mean) / std`` (mean and std over
+    its own pixels and channels), clipped to [0, 255]: about +-2.7 standard
+    deviations survive. Photographs of one part under several exposures
+    then look alike, and what is left is local contrast, where surface
+    defects are. Example: ``per_image_contrast(dataset.inputs)``.
+    """
+    result = torch.empty_like(images)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].float()  # [n, C, H, W]
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)  # flat images stay flat
+        scaled = 128.0 + spread * (x - mean) / std
+        result[start:start + chunk] = scaled.round_().clamp_(0, 255).to(torch.uint8)
+    return result
 
 
 def _channels_of(path: Path) -> int:
@@ -351,6 +380,8 @@ def _check_splits(parts: dict[str, np.ndarray], labels: np.ndarray, data: Binary
                         "negatives": len(index) - positives}
         if data.groups is not None:
             counts[name]["groups"] = len({data.groups[i] for i in index})
+            counts[name]["positive_groups"] = len({data.groups[i] for i in index
+                                                   if labels[i] == 1})
     for name, count in counts.items():
         for kind, class_name in (("positives", positive), ("negatives", negative)):
             if count[kind] == 0:

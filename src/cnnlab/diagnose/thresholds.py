@@ -419,6 +419,7 @@ def _test_verdict(choice: PolicyChoice, test: Confusion, settings: PolicySetting
     if choice.name == "min_precision":
         if test.precision >= settings.min_precision - 1e-12:
             return True, ""
+        shortfall = settings.min_precision - test.precision
         return False, (f"test precision {test.precision:.4f} misses the target "
-                       f"{settings.min_precision:g} by {settings.min_precision - test.precision:.4f}")
+                       f"{settings.min_precision:g} by {shortfall:.4f}")
     return None, ""

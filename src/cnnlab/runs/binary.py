@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab._util import CnnlabError, atomic_path, write_json_atomic
+from cnnlab._util import CnnlabError, atomic_path, seed_everything, write_json_atomic
 from cnnlab.augment import build_augment
 from cnnlab.data import ArrayDataset
-from cnnlab.data.binary import GROUP_COLUMN, BinarySplits, load_binary
+from cnnlab.data.binary import CONTRASTS, GROUP_COLUMN, BinarySplits, load_binary
 from cnnlab.diagnose import fit_verdict
 from cnnlab.diagnose.thresholds import PARTS, PolicySettings, ThresholdReport, threshold_report
 from cnnlab.models import build_model
@@ -60,6 +60,8 @@ class BinarySpec:
     trains on the data as it is. ``focal_gamma`` > 0 uses the focal loss.
     ``defect_rate`` is the share of defective parts the line sees; ``None``
     takes the share of positives in the data (all splits together).
+    ``contrast="per_image"`` standardises each image on its own
+    (:func:`cnnlab.data.binary.per_image_contrast`).
     """
 
     data: str = "defects"
@@ -68,6 +70,7 @@ class BinarySpec:
     model_options: dict[str, Any] = field(default_factory=dict)
     size: int = 64
     channels: int | None = None
+    contrast: str = "none"
     augment: str | None = None
     imbalance: str = "pos_weight"
     focal_gamma: float = 0.0
@@ -87,6 +90,9 @@ class BinarySpec:
                               f"{', '.join(IMBALANCE)}")
         if self.focal_gamma < 0:
             raise CnnlabError(f"--focal-gamma must be >= 0, got {self.focal_gamma}")
+        if self.contrast not in CONTRASTS:
+            raise CnnlabError(f"--contrast {self.contrast!r} is unknown; use one of "
+                              f"{', '.join(CONTRASTS)}")
         if not (isinstance(self.size, int) and self.size >= 8):
             raise CnnlabError(f"size must be a whole number of pixels >= 8, got {self.size!r}")
 
@@ -178,6 +184,7 @@ def train_binary(
     model_options: dict[str, Any] | None = None,
     size: int = 64,
     channels: int | None = None,
+    contrast: str = "none",
     augment: str | None = None,
     imbalance: str = "pos_weight",
     focal_gamma: float = 0.0,
@@ -218,7 +225,8 @@ def train_binary(
     """
     spec = BinarySpec(data=str(data), positive=positive, model=model,
                       model_options=dict(model_options or {}), size=size, channels=channels,
-                      augment=augment, imbalance=imbalance, focal_gamma=focal_gamma,
+                      contrast=contrast, augment=augment, imbalance=imbalance,
+                      focal_gamma=focal_gamma,
                       val_fraction=val_fraction, test_fraction=test_fraction, skip_bad=skip_bad,
                       min_recall=min_recall, min_precision=min_precision,
                       cost_escape=cost_escape, cost_false_alarm=cost_false_alarm,
@@ -254,8 +262,9 @@ def train_binary_spec(spec: BinarySpec, config: TrainConfig, out: str | Path | N
     splits = load_binary(spec.data, spec.positive, size=spec.size, channels=spec.channels,
                          val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
                          seed=config.seed, group_column=spec.group_column,
-                         skip_bad=spec.skip_bad, progress=progress)
+                         contrast=spec.contrast, skip_bad=spec.skip_bad, progress=progress)
     log.info("split %s: %s", spec.data, splits.split_note)
+    seed_everything(config.seed)  # the initial weights depend on the seed alone
     model = build_binary_model(spec, int(splits.train.inputs.shape[1]))
     task, pos_weight = binary_task(spec, splits.train)
     extra: list[Callback] = []
@@ -454,7 +463,7 @@ def _rescore(run_dir: Path, config: dict[str, Any], device: str) -> dict[str, np
     splits = load_binary(spec.data, spec.positive, size=spec.size, channels=spec.channels,
                          val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
                          seed=config["train"]["seed"], group_column=spec.group_column,
-                         skip_bad=spec.skip_bad)
+                         contrast=spec.contrast, skip_bad=spec.skip_bad)
     arrays = {}
     for name in ("val", "test"):
         part = getattr(splits, name)
