@@ -146,6 +146,7 @@ def train_run(spec: RunSpec, config: TrainConfig, out: str | Path | None, *,
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     model = _model_for(spec, data.train)
     augment = build_augment(spec.augment, seed=config.seed)
+    augment_check = check_run_augment(augment, data.train, spec.augment)
     extra_callbacks = [CurvesCallback(run_dir / "curves.png", _title(spec))] if writes_files \
         else []
     trainer = Trainer(model, config, train=data.train, val=data.val, augment=augment,
@@ -161,10 +162,29 @@ def train_run(spec: RunSpec, config: TrainConfig, out: str | Path | None, *,
         summary["test"] = evaluate(trainer.model, data.test, trainer.task,
                                    device=trainer.device)
     summary["skipped_files"] = data.train.meta.get("skipped", [])
+    if augment_check is not None:
+        summary["augment_check"] = augment_check
     result.summary = summary
     if writes_files:
         _finish_run_dir(run_dir, trainer, result)
     return result
+
+
+# ---- augmentation sanity check (cnnlab.augment.sanity) ------------------------------------
+AUGMENT_CHECK_IMAGES = 256  # a sample batch: enough to see a preset that changes nothing
+
+
+def check_run_augment(augment, train: ArrayDataset, name: str | None) -> dict[str, Any] | None:
+    """Warn before training when the augmenter leaves a sample of training images unchanged.
+
+    Returns the check as a dict for ``summary.json`` (None without augmentation). The
+    augmenter's random state is restored, so the run's batches are the same as unchecked.
+    """
+    if augment is None or not train.is_image:
+        return None
+    from cnnlab.augment.sanity import check_preset
+
+    return check_preset(augment, train.inputs[:AUGMENT_CHECK_IMAGES], name=name).to_dict()
 
 
 def _title(spec: RunSpec) -> str:
