@@ -26,14 +26,17 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
+    if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
     return value
 
 
 def validation_amount(text: str) -> float | int:
-    value = float(text)
-    if value <= 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a count >= 1 or a fraction in (0, 1), "
                                          f"got {text}")
     return value if value < 1 else int(value)
