@@ -42,12 +42,28 @@ TRACES = ("auto", "fx", "run")
 
 
 class _Rejected(Exception):
-    """The model raised while running: ``where`` names the layer."""
+    """The model raised while running: ``where`` names the layer, ``detail`` what it expected."""
 
-    def __init__(self, where: str, error: BaseException) -> None:
+    def __init__(self, where: str, error: BaseException, detail: str = "") -> None:
         super().__init__(where)
         self.where = where
         self.error = error
+        self.detail = detail
+
+
+def _expectation(module: nn.Module | None, args: tuple) -> str:
+    """What a layer expected of its input, when that is the visible cause of a failure."""
+    value = args[0] if args else None
+    if module is None or not isinstance(value, torch.Tensor) or value.ndim < 2:
+        return ""
+    for attribute, axis, what in (("in_channels", 1, "input channels"),
+                                  ("num_features", 1, "channels"),
+                                  ("in_features", -1, "features in the last axis")):
+        expected = getattr(module, attribute, None)
+        if isinstance(expected, int) and value.shape[axis] != expected:
+            return (f"{type(module).__name__} expects {expected} {what}, its input "
+                    f"{tuple(value.shape[1:])} has {value.shape[axis]}")
+    return ""
 
 
 def parse_input_shape(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -172,10 +188,10 @@ def _run_with_fallback(model: nn.Module, graph: fx.GraphModule | None, shape: tu
             last = rejected
     assert last is not None
     shown = "x".join(str(s) for s in shape)
+    cause = last.detail or _first_line(last.error)
     raise CnnlabError(
-        f"{name} rejects input {shown}: layer {last.where} failed with "
-        f"{_first_line(last.error)}. Check the channels (first number) and use a size the "
-        "model accepts."
+        f"{name} rejects input {shown}: layer {last.where} failed: {cause}. Check the "
+        "channels (first number) and use a size the model accepts."
     ) from last.error
 
 
@@ -293,7 +309,8 @@ class _FxInterpreter(fx.Interpreter):
             if value is None:
                 value = getattr(self, node.op)(node.target, args, kwargs)
         except Exception as error:
-            raise _Rejected(self._describe(node), error) from error
+            module = self.fetch_attr(node.target) if node.op == "call_module" else None
+            raise _Rejected(self._describe(node), error, _expectation(module, args)) from error
 
         module = self.fetch_attr(node.target) if node.op == "call_module" else None
         if module is not None:
@@ -380,7 +397,7 @@ class _RecordedRun(nn.Module):
         except _Rejected:
             raise
         except Exception as error:
-            raise _Rejected(recorder.location(), error) from error
+            raise _Rejected(recorder.location(), error, recorder.expectation()) from error
         finally:
             for handle in handles:
                 handle.remove()
@@ -397,6 +414,7 @@ class _Recorder(TorchFunctionMode):
         self.stack: list[tuple[str, nn.Module]] = []
         self.leaf_depth = 0
         self.last_op = ""
+        self.last_args: tuple = ()
         # The analysis itself calls torch (shapes, numel) while the mode is
         # active; those calls must pass through unrecorded.
         self.busy = False
@@ -409,9 +427,15 @@ class _Recorder(TorchFunctionMode):
             return f"{path!r} ({type(module).__name__})"
         return f"{path + '.' if path else ''}{self.last_op}"
 
+    def expectation(self) -> str:
+        if not self.stack or not self.last_args:
+            return ""
+        return _expectation(self.stack[-1][1], self.last_args)
+
     def pre_hook(self, path: str, module: nn.Module):
-        def hook(_module: nn.Module, _args: tuple) -> None:
+        def hook(_module: nn.Module, args: tuple) -> None:
             self.stack.append((path, module))
+            self.last_args = args
             if is_leaf_module(module):
                 self.leaf_depth += 1
 

@@ -117,8 +117,10 @@ def _parse_item(item: str, index: int, text: str, spatial_dims: int | None) -> S
         raise fail(f"{len(kernel)} kernel sizes for an input with {spatial_dims} spatial "
                    "dimensions")
     pooling = kind in ("maxpool", "avgpool")
-    stride = (values.get("s", None),) * len(kernel)
-    stride = kernel if pooling and stride[0] is None else tuple(s or 1 for s in stride)
+    if "s" in values:
+        stride = (values["s"],) * len(kernel)
+    else:
+        stride = kernel if pooling else (1,) * len(kernel)
     padding = (values.get("p", 0),) * len(kernel)
     if pooling and any(2 * p > k for p, k in zip(padding, kernel)):
         raise fail("pooling padding must be at most half the kernel")
