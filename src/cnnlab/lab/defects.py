@@ -295,59 +295,80 @@ def _findings(runs: dict[str, dict[str, Any]], line: ThresholdReport, ctx: Study
     target = main["settings"]["min_recall"]
     findings = []
 
-    fewest = min(policies, key=lambda name: (policies[name]["escapes_per_parts"],
-                                             policies[name]["discards_per_parts"]))
+    chosen = ("max_f1", "min_recall", "min_precision", "min_cost")
+    fewest = min(chosen, key=lambda name: (policies[name]["escapes_per_parts"],
+                                           policies[name]["discards_per_parts"]))
+    outcomes = "; ".join(f"{POLICY_NAMES[name]} ({p['threshold']:.3f}) lets "
+                         f"{p['escapes_per_parts']:.0f} defects through and discards "
+                         f"{p['discards_per_parts']:.0f} good parts"
+                         for name, p in policies.items())
+    extra_discards = recall_policy["discards_per_parts"] - f1["discards_per_parts"]
+    fewer_escapes = f1["escapes_per_parts"] - recall_policy["escapes_per_parts"]
+    if fewest == "min_recall" and fewer_escapes > 0:
+        verdict = (f"Of the thresholds chosen on validation, the recall target lets the fewest "
+                   f"defects through, {fewer_escapes:.0f} per 10,000 fewer than max F1, for "
+                   f"{extra_discards:.0f} more discarded good parts: when escapes are what "
+                   "counts, tune the threshold for recall, not for F1 or accuracy.")
+    elif fewer_escapes == 0:
+        verdict = ("Here the recall and F1 thresholds coincide, so this run does not "
+                   "separate them; the recall target is still the one that states the goal.")
+    else:
+        verdict = (f"Here {POLICY_NAMES[fewest]} let the fewest defects through on test, not "
+                   "the recall target: the threshold chosen on validation did not transfer.")
     findings.append(
-        f"To let the fewest defects through, choose the threshold for recall, not for accuracy "
-        f"or F1: on test, per 10,000 parts at the data's defect rate {rate:.3f}, the "
-        f"recall >= {target:g} threshold ({recall_policy['threshold']:.3f}) lets "
-        f"{recall_policy['escapes_per_parts']:.0f} defects escape, against "
-        f"{f1['escapes_per_parts']:.0f} at the max-F1 threshold ({f1['threshold']:.3f}) and "
-        f"{fixed['escapes_per_parts']:.0f} at 0.5. The price is false alarms: "
-        f"{recall_policy['discards_per_parts']:.0f} good parts discarded per 10,000 against "
-        f"{f1['discards_per_parts']:.0f} and {fixed['discards_per_parts']:.0f}. "
-        f"(Fewest escapes of all policies: {POLICY_NAMES[fewest]}.)")
+        f"Per 10,000 parts at the data's defect rate {rate:.3f}, on test: {outcomes}. {verdict} "
+        f"The 0.5 threshold accuracy uses is chosen by nothing: where it lands depends on the "
+        f"loss weighting (here recall {fixed['test']['recall']:.3f}).")
 
     validation_positives = main["validation"]["positives"]
     validation_tiles = _positive_groups(main, "val")
+    step = 1 / validation_positives
+    why = (f"validation has {validation_positives} defective images from {validation_tiles} "
+           f"tiles, so recall moves in steps of {step:.3f}")
+    if step > 1 - target:
+        why += (f" and {target:g} means catching every one of them: the threshold sits at the "
+                "lowest-scoring validation defect, and defects of other tiles can score lower")
+    tiles_needed = 3 / (1 - target)
+    rule_of_three = (f"Zero misses among n independent defective tiles bound the miss rate "
+                     f"below 3/n at 95% confidence (the rule of three), so backing a "
+                     f"{1 - target:.0%} miss rate takes about {tiles_needed:.0f} defective "
+                     "validation tiles")
     test = recall_policy["test"]
     if recall_policy["met_on_test"]:
         findings.append(
             f"The recall >= {target:g} threshold held on test: recall {test['recall']:.3f} "
-            f"({test['fn']} of {test['fn'] + test['tp']} test defects missed). With "
-            f"{validation_positives} defective validation images, a {target:g} target means "
-            "catching all of them, so the threshold sits at the lowest-scoring validation "
-            "defect; that it transferred is luck of the split as much as skill, and a larger "
-            "validation split is what would make it dependable.")
+            f"({test['fn']} of {test['fn'] + test['tp']} test defects missed). But {why}. "
+            f"{rule_of_three}; with fewer, that it held is partly the luck of the split.")
     else:
         findings.append(
             f"The recall >= {target:g} threshold missed on test: recall {test['recall']:.3f}, "
             f"{target - test['recall']:.3f} short; {test['fn']} of {test['fn'] + test['tp']} "
             f"test defects scored below it, {recall_policy['escapes_per_parts']:.0f} escapes "
-            f"per 10,000 instead of at most {10_000 * rate * (1 - target):.0f}. Why: validation "
-            f"has {validation_positives} defective images from {validation_tiles} tiles; recall "
-            f"moves in steps of {1 / validation_positives:.3f}, so {target:g} means catching "
-            "every one of them, and the threshold sits at the lowest-scoring validation defect. "
-            "Defects of other tiles can score lower. A 99% guarantee needs hundreds of "
-            "defective validation tiles, or a margin below that threshold.")
+            f"per 10,000 instead of at most {10_000 * rate * (1 - target):.0f}. Why: {why}. "
+            f"{rule_of_three}; with fewer, lower the threshold by a margin or accept the risk.")
 
+    roc_auc, average_precision = main["test"]["roc_auc"], main["test"]["average_precision"]
+    kinder = ("looks kinder, because it counts false alarms as a share of the many good parts"
+              if roc_auc > average_precision else "does not look kinder here")
     findings.append(
-        f"Which area to watch: test ROC-AUC {main['test']['roc_auc']:.3f} against PR-AUC "
-        f"(average precision) {main['test']['average_precision']:.3f}, whose chance level is "
-        f"the defect share {main['test']['positive_rate']:.3f}. ROC-AUC counts false alarms as "
-        "a share of the many good parts and looks kinder; PR-AUC says how clean the flagged "
-        "pile is. For few escapes, the number to optimise is recall at the target (or, to "
-        "compare models, the false alarms at that recall), which neither area states.")
+        f"Which area to watch: test ROC-AUC {roc_auc:.3f} against PR-AUC (average precision) "
+        f"{average_precision:.3f}, whose chance level is the defect share "
+        f"{main['test']['positive_rate']:.3f}; ROC-AUC {kinder}. For few escapes neither area "
+        "is the number to optimise: it is recall at the target, and to compare models, the "
+        "false alarms each needs to reach it (the discards column).")
 
     line_recall = line.policy("min_recall")
     line_f1 = line.policy("max_f1")
+    recall, false_alarms = line_recall.test["recall"], 1 - line_recall.test["specificity"]
+    line_precision = LINE_RATE * recall / (LINE_RATE * recall + (1 - LINE_RATE) * false_alarms)
     findings.append(
         f"At a line defect rate of {LINE_RATE:.0%}, the same recall >= {target:g} threshold "
         f"lets {line_recall.escapes_per_parts:.1f} defects per 10,000 escape and discards "
         f"{line_recall.discards_per_parts:.0f} good parts (max F1: "
-        f"{line_f1.escapes_per_parts:.1f} and {line_f1.discards_per_parts:.0f}): with rare "
-        "defects, almost everything discarded is good, so the false-alarm rate, not precision, "
-        "is the cost to quote.")
+        f"{line_f1.escapes_per_parts:.1f} and {line_f1.discards_per_parts:.0f}); only "
+        f"{line_precision:.1%} of the parts it flags are defective. Quote the cost as good parts "
+        "discarded per 10,000 at the line's rate: the test split's precision, at its "
+        f"{rate:.0%} defect share, overstates it.")
 
     if len(runs) > 1:
         areas = ", ".join(f"{name} {summary['test']['average_precision']:.3f}"
