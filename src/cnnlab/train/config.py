@@ -51,23 +51,42 @@ class TrainConfig:
             if not condition:
                 raise CnnlabError(message)
 
+        # Types first, so that a string from a config file gets a message, not a TypeError.
+        for item in fields(self):
+            value = getattr(self, item.name)
+            expected = str(item.type)
+            if value is None and "None" in expected:
+                continue
+            numeric = "int" in expected or "float" in expected
+            if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                if "bool" not in expected:
+                    raise CnnlabError(f"training option {item.name} must be a number, got "
+                                      f"{value!r}")
+            if expected == "str" and not isinstance(value, str):
+                raise CnnlabError(f"training option {item.name} must be a string, got {value!r}")
+            if expected == "bool" and not isinstance(value, bool):
+                raise CnnlabError(f"training option {item.name} must be true or false, got "
+                                  f"{value!r}")
+
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        need(self.batch_size >= 1, f"--batch-size (batch_size) must be >= 1, got {self.batch_size}")
         need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         need(self.optimizer in OPTIMIZERS,
              f"--optimizer {self.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
         need(self.schedule in SCHEDULES,
              f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
         need(0 <= self.label_smoothing < 1,
-             f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
-        need(self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+             f"--label-smoothing (label_smoothing) must be in [0, 1), got "
+             f"{self.label_smoothing}")
+        need(self.weight_decay >= 0, f"--weight-decay (weight_decay) must be >= 0, got {self.weight_decay}")
+        need(self.warmup_epochs >= 0, f"--warmup-epochs (warmup_epochs) must be >= 0, got {self.warmup_epochs}")
         need(self.clip_norm is None or self.clip_norm > 0,
-             f"--clip-norm must be > 0, got {self.clip_norm}")
+             f"--clip-norm (clip_norm) must be > 0, got {self.clip_norm}")
         need(self.clip_value is None or self.clip_value > 0,
-             f"--clip-value must be > 0, got {self.clip_value}")
+             f"--clip-value (clip_value) must be > 0, got {self.clip_value}")
         need(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
-             f"--early-stopping must be >= 1 epoch, got {self.early_stopping_patience}")
+             f"--early-stopping (early_stopping_patience) must be >= 1 epoch, got "
+             f"{self.early_stopping_patience}")
         need(self.fit_subset >= 0, f"fit_subset must be >= 0, got {self.fit_subset}")
 
     def to_dict(self) -> dict:
