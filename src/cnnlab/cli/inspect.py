@@ -75,11 +75,22 @@ def run(args: argparse.Namespace) -> int:
         raise CnnlabError("choose one of --json and --csv")
     set_threads(None)
 
-    from cnnlab.inspect import looks_like_spec
-
-    if looks_like_spec(args.model):
+    if _is_spec(args.model):
         return _run_spec(args)
     return _run_model(args)
+
+
+def _is_spec(text: str) -> bool:
+    """A layer spec, or an attempt at one whose error should show the spec grammar."""
+    import re
+
+    from cnnlab.inspect import looks_like_spec
+
+    if looks_like_spec(text):
+        return True
+    first = text.split(",")[0].strip().lower()
+    # conv3x3-16 but not convnext_tiny: a spec's kernel size follows the keyword at once.
+    return "," in text or bool(re.match(r"(dw|t)?conv\d|(max|avg)pool\d|(fc|linear)-", first))
 
 
 def _run_spec(args: argparse.Namespace) -> int:

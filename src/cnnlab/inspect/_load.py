@@ -95,6 +95,9 @@ def load_model(source: str, options: dict[str, Any] | None = None,
 
     names, build_model = _cnnlab_registry()
     if source in names and build_model is not None:
+        if source in torchvision_names():
+            log.info("%s is cnnlab's own %s; for torchvision's write torchvision.models:%s",
+                     source, source, source)
         return build_model(source, **options)
 
     tv_names = torchvision_names()
