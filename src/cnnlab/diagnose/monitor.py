@@ -50,7 +50,9 @@ import csv
 import json
 import logging
 import math
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,7 @@ TANH_SATURATION = 0.99  # |tanh| above 0.99: derivative below 0.02
 STAT_MEAN, STAT_STD, STAT_DEAD, STAT_SATURATED = range(4)
 HISTOGRAM_VALUES = 16_384  # activation values per layer and sample that enter the histogram
 FIRST_SAMPLE_GAP = 4  # ordinary steps after the first measured sample, to time them
+MAX_GAP = 10_000
 FLUSH_SECONDS = 60.0  # also write the files mid-epoch at most this often
 
 
@@ -251,13 +254,21 @@ class GradientMonitor(Callback):
         self.loss_values: list[float] = []
         self._pending_losses: list[tuple[int, torch.Tensor]] = []
         self.nonfinite: dict[str, Any] | None = None
-        self.sampled_step_seconds: float | None = None
-        self.normal_step_seconds: float | None = None
+        # Medians of recent timings, in seconds: a training step without the monitor's own
+        # work, the monitor's work on an ordinary step (the sentinel) and on a sampled step.
+        self.step_seconds: float | None = None
+        self.check_seconds: float | None = None
+        self.sample_seconds: float | None = None
+        self.flush_seconds = 0.0
+        self._step_times: deque[float] = deque(maxlen=32)
+        self._check_times: deque[float] = deque(maxlen=32)
+        self._sample_times: deque[float] = deque(maxlen=8)
+        self._spent = 0.0  # the monitor's own seconds in the current step
         self.gap_history: list[tuple[int, int]] = []  # (step, gap chosen there)
         self._min_gap = every or 1
         self._next_sample = 1
         self._sampling_now = False
-        self._timed_samples = 0
+        self._samples_seen = 0
         self._last_time: float | None = None
         self._last_flush = time.perf_counter()
         self._hooks: list[Any] = []
@@ -270,11 +281,15 @@ class GradientMonitor(Callback):
         self._pending_row: dict[str, Any] | None = None
         self._bad_step: torch.Tensor | None = None
         self._trainer = None
+        self._clock = time.perf_counter  # process CPU time on the CPU (see on_fit_start)
 
     # ---- trainer hooks -------------------------------------------------------------------
 
     def on_fit_start(self, trainer) -> None:
         self._trainer = trainer
+        # On the CPU the monitor weighs its work in CPU seconds, which other jobs on a shared
+        # machine do not inflate; on a GPU the wall clock is what training spends.
+        self._clock = time.process_time if trainer.device.type == "cpu" else time.perf_counter
         if self.run_dir is None and trainer.run_dir is not None:
             self.run_dir = Path(trainer.run_dir)
         model = trainer.model
@@ -292,18 +307,20 @@ class GradientMonitor(Callback):
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         # Time steps from here: the evaluation between epochs is not a training step.
-        self._last_time = time.perf_counter()
+        self._last_time = self._clock()
 
     def on_after_backward(self, trainer, step: int) -> None:
+        started = self._clock()
         grads = [p.grad for p in self._parameters]
         if self.check_nonfinite:
             self._check_gradients(trainer, step, grads)
-        if step != self._next_sample:
-            return
-        self._detach_hooks()
-        self._record_parameters(trainer, step, grads)
+        if step == self._next_sample:
+            self._detach_hooks()
+            self._record_parameters(trainer, step, grads)
+        self._spent += self._clock() - started
 
     def on_step_end(self, trainer, step: int, loss: torch.Tensor) -> None:
+        started = self._clock()
         self._pending_losses.append((step, loss.detach()))
         if len(self._pending_losses) >= 1024:
             self._drain_losses()  # one host transfer per thousand steps keeps memory flat
@@ -315,16 +332,18 @@ class GradientMonitor(Callback):
             if last_of_epoch or step % self.cuda_check_every == 0:
                 self._raise_if_bad_step(trainer)
 
-        now = time.perf_counter()
+        if sampled and time.perf_counter() - self._last_flush > FLUSH_SECONDS:
+            self.flush()
+        now = self._clock()
+        self._spent += now - started
         if self._last_time is not None:
-            self._time_step(now - self._last_time, sampled)
+            self._time_step(now - self._last_time, self._spent, sampled)
         if sampled:
             self._schedule_next(step)
-            if now - self._last_flush > FLUSH_SECONDS:
-                self.flush()
+        self._spent, self._last_time = 0.0, now
         if self._next_sample == step + 1:
             self._attach_hooks()
-        self._last_time = time.perf_counter()
+            self._spent += self._clock() - now  # part of the next step, the sampled one
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
         self.flush()
@@ -337,26 +356,34 @@ class GradientMonitor(Callback):
 
     # ---- sampling schedule ---------------------------------------------------------------
 
-    def _time_step(self, seconds: float, sampled: bool) -> None:
-        def blend(old: float | None, new: float) -> float:
-            return new if old is None else 0.8 * old + 0.2 * new
-
-        if sampled:
-            self._timed_samples += 1
-            if self._timed_samples > 1:  # the first sample pays one-time setup costs
-                self.sampled_step_seconds = blend(self.sampled_step_seconds, seconds)
-        else:
-            self.normal_step_seconds = blend(self.normal_step_seconds, seconds)
+    def _time_step(self, wall_seconds: float, own_seconds: float, sampled: bool) -> None:
+        self._step_times.append(max(0.0, wall_seconds - own_seconds))
+        self.step_seconds = statistics.median(self._step_times)
+        if not sampled:
+            self._check_times.append(own_seconds)
+            self.check_seconds = statistics.median(self._check_times)
+            return
+        self._samples_seen += 1
+        if self._samples_seen > 1:  # the first sample pays one-time setup costs
+            self._sample_times.append(own_seconds)
+            self.sample_seconds = statistics.median(self._sample_times)
 
     def current_gap(self) -> int:
-        """Steps between samples that keeps the measured overhead near the target."""
+        """Steps between samples that keeps the measured overhead near the target.
+
+        The monitor times its own work (in its callbacks and hooks) rather than whole
+        steps, which on a shared machine vary more than the work being measured.
+        """
         if self.every is not None:
             return max(self.every, self._min_gap)
-        if self.sampled_step_seconds is None or not self.normal_step_seconds:
+        if self.sample_seconds is None or not self.step_seconds:
             return max(FIRST_SAMPLE_GAP, self._min_gap)
-        extra = max(0.0, self.sampled_step_seconds - self.normal_step_seconds)
-        gap = math.ceil(extra / (self.target_overhead * self.normal_step_seconds))
-        return max(1, self._min_gap, gap)
+        check = self.check_seconds or 0.0
+        extra = max(0.0, self.sample_seconds - check)
+        budget = self.target_overhead * self.step_seconds - check
+        if budget <= 0:  # the per-step sentinel alone uses the whole budget
+            return max(MAX_GAP, self._min_gap)
+        return min(MAX_GAP, max(1, self._min_gap, math.ceil(extra / budget)))
 
     def _schedule_next(self, step: int) -> None:
         gap = self.current_gap()
@@ -365,11 +392,12 @@ class GradientMonitor(Callback):
         self._next_sample = step + gap
 
     def estimated_overhead(self) -> float | None:
-        """Measured extra time of sampled steps, spread over the current gap (a fraction)."""
-        if self.sampled_step_seconds is None or not self.normal_step_seconds:
+        """The monitor's measured share of training time at the current gap (a fraction)."""
+        if self.sample_seconds is None or not self.step_seconds:
             return None
-        extra = max(0.0, self.sampled_step_seconds - self.normal_step_seconds)
-        return extra / (self.current_gap() * self.normal_step_seconds)
+        check = self.check_seconds or 0.0
+        extra = max(0.0, self.sample_seconds - check)
+        return (check + extra / self.current_gap()) / self.step_seconds
 
     # ---- activation hooks ----------------------------------------------------------------
 
@@ -403,7 +431,9 @@ class GradientMonitor(Callback):
     def _probe_hook(self, probe: _ActivationProbe):
         def hook(module, inputs, output):
             if module.training and torch.is_grad_enabled() and isinstance(output, torch.Tensor):
+                started = self._clock()
                 probe.record(output)
+                self._spent += self._clock() - started
         return hook
 
     def _order_hook(self, module, inputs, output) -> None:
@@ -497,14 +527,15 @@ class GradientMonitor(Callback):
     def _check_output(self, module, inputs, output) -> None:
         if not module.training or not isinstance(output, torch.Tensor):
             return
+        started = self._clock()
         trainer = self._trainer
         step = trainer.global_step + 1  # the trainer counts the step after the forward pass
         finite = torch.isfinite(output).all()
         if trainer.device.type == "cuda":
             self._note_bad_step(finite, step)
-            return
-        if not finite:
+        elif not finite:
             self._stop_at_activation(module, inputs, step)
+        self._spent += self._clock() - started
 
     def _check_gradients(self, trainer, step: int, grads: list[torch.Tensor | None]) -> None:
         present = [g for g in grads if g is not None]
@@ -631,8 +662,10 @@ class GradientMonitor(Callback):
             "target_overhead": self.target_overhead,
             "current_gap": self.current_gap(),
             "gap_history": self.gap_history,
-            "normal_step_seconds": self.normal_step_seconds,
-            "sampled_step_seconds": self.sampled_step_seconds,
+            "step_seconds": self.step_seconds,
+            "check_seconds": self.check_seconds,
+            "sample_seconds": self.sample_seconds,
+            "flush_seconds": self.flush_seconds,
             "estimated_overhead": self.estimated_overhead(),
             "samples": len(self.rows),
             "max_samples": self.max_samples,
@@ -665,11 +698,13 @@ class GradientMonitor(Callback):
 
     def flush(self) -> None:
         """Write the files now (also done at each epoch end and at the end of the run)."""
-        self._last_flush = time.perf_counter()
+        started = time.perf_counter()
         if self.run_dir is None:
             self._drain_losses()
-            return
-        write_monitor(self.data(), self.run_dir / MONITOR_FOLDER)
+        else:
+            write_monitor(self.data(), self.run_dir / MONITOR_FOLDER)
+        self._last_flush = time.perf_counter()
+        self.flush_seconds += self._last_flush - started
 
     def _resume_from_files(self, global_step: int) -> None:
         folder = self.run_dir / MONITOR_FOLDER if self.run_dir is not None else None
