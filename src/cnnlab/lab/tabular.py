@@ -88,6 +88,19 @@ def scores(probabilities: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     return {"roc_auc": auc, "accuracy": accuracy}
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil (1982) standard error of a ROC-AUC measured on one test set.
+
+    It measures how much the AUC would move with another test sample of the
+    same size, so two models closer than about twice this are not told
+    apart by one split.
+    """
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc)
+                + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
 def _dataset(encoded: EncodedTable, classes: list[str], source: str) -> ArrayDataset:
     return ArrayDataset(torch.from_numpy(encoded.packed()), torch.from_numpy(encoded.targets),
                         list(classes), source=source)
@@ -213,6 +226,9 @@ def run(ctx: StudyContext) -> StudyResult:
     numbers["hgb_accuracy"] = 100 * boosting["accuracy"]
     majority = 100 * float(np.bincount(test.targets).max() / len(test.targets))
     numbers["majority_accuracy"] = majority
+    positives = int(test.targets.sum()) if len(classes) == 2 else 0
+    numbers["auc_standard_error"] = 100 * auc_standard_error(
+        boosting["roc_auc"], positives, len(test.targets) - positives) if positives else None
     summary = Table(
         title=f"Churn, {len(test_table)} held-out customers: ROC-AUC and accuracy (%)",
         columns=["model", "ROC-AUC", "accuracy", "runs", "parameters", "seconds per run"],
@@ -261,13 +277,22 @@ def _findings(numbers: dict[str, Any], names: dict[str, str], ctx: StudyContext)
     findings = []
     best = max([("gradient boosting", hgb), ("the MLP", mlp["mean"]),
                 ("the 1-D CNN", cnn["mean"])], key=lambda pair: pair[1])
+    spread = max(hgb, mlp["mean"], cnn["mean"]) - min(hgb, mlp["mean"], cnn["mean"])
+    sampling = numbers.get("auc_standard_error")
     findings.append(
         f"ROC-AUC: gradient boosting {hgb:.2f}, MLP {mlp['mean']:.2f} ± {mlp['std']:.2f}, "
-        f"1-D CNN {cnn['mean']:.2f} ± {cnn['std']:.2f}; the best is {best[0]}. "
-        + ("All three lie within one point of AUC: on this table the model family matters "
-           "less than the data." if max(hgb, mlp["mean"], cnn["mean"]) -
-           min(hgb, mlp["mean"], cnn["mean"]) < 1.0 else
-           "The spread between families exceeds one point of AUC.")
+        f"1-D CNN {cnn['mean']:.2f} ± {cnn['std']:.2f}; the best is {best[0]}, "
+        f"{spread:.2f} points above the worst."
+        + (f" One test set of this size measures an AUC only to about ±{sampling:.2f} points "
+           "(Hanley-McNeil standard error), so "
+           + ("these families are not told apart by this split: the common claim that "
+              "boosted trees beat neural networks on tables is neither confirmed nor refuted "
+              "here."
+              if spread < 2 * sampling else
+              "the gap exceeds twice the sampling error.")
+           if sampling else "")
+        + " The boosted trees use one untuned setting (200 rounds, learning rate 0.05); the "
+          "networks' recipe was not tuned on this table either."
     )
     order_gap = cnn["mean"] - shuffled["mean"]
     spread = max(cnn["std"], shuffled["std"], 0.05)
