@@ -61,7 +61,7 @@ def main() -> None:
     from cnnlab.data import ArrayDataset
     from cnnlab.models.backbones import build_transfer_model
     from cnnlab.runs.transfer import FeatureCache, extract_features
-    from cnnlab.train import Trainer, TrainConfig
+    from cnnlab.train import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     data = load_subset(args.images)
@@ -109,7 +109,7 @@ def main() -> None:
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 17}|")
     rows = [("one backbone pass over the images", one_pass),
             (f"{args.epochs} epochs with the feature cache", cached),
-            (f"  of which computing the features once", feature_seconds),
+            ("  of which computing the features once", feature_seconds),
             (f"{args.epochs} epochs without the cache", live)]
     for label, seconds in rows:
         print(f"| {label:<44} | {seconds:>8.2f} | {seconds / one_pass:>15.2f} |")

@@ -8,13 +8,11 @@ import pytest
 import torch
 
 from cnnlab._util import CnnlabError
-from cnnlab.data import ArrayDataset
 from cnnlab.models.backbones import build_transfer_model
 from cnnlab.runs.transfer import (
     FeatureCache,
     TransferSpec,
     cache_applies,
-    extract_features,
     train_transfer,
 )
 from cnnlab.train import TrainConfig, evaluate
@@ -64,8 +62,8 @@ def test_the_key_changes_with_layer_input_size_weights_and_data(tmp_path):
     save_file(build_model("fast_resnet", width=8).state_dict(), str(weights))
 
     def key(data=None, **changes):
-        options = dict(num_classes=3, freeze=True, resize=12,
-                       backbone_options={"width": 8}) | changes
+        options = {"num_classes": 3, "freeze": True, "resize": 12,
+                   "backbone_options": {"width": 8}} | changes
         model = build_transfer_model("fast_resnet", options.pop("weights", str(weights)),
                                      **options)
         return FeatureCache.key(model, data or colour_dataset(12))[0]

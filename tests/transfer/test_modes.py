@@ -8,7 +8,7 @@ import torch
 from cnnlab._util import CnnlabError
 from cnnlab.data import ArrayDataset
 from cnnlab.models.backbones import InputAdapter, build_transfer_model
-from cnnlab.train import Trainer, TrainConfig
+from cnnlab.train import TrainConfig, Trainer
 
 
 def colour_dataset(count: int = 24, size: int = 8) -> ArrayDataset:

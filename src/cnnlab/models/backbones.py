@@ -93,7 +93,7 @@ def available_backbones() -> list[str]:
 
 
 def _family(name: str) -> BackboneFamily:
-    if name.startswith("timm/") or name.startswith("timm:"):
+    if name.startswith(("timm/", "timm:")):
         raise CnnlabError(
             f"backbone {name!r}: timm backbones are not supported in this version of cnnlab "
             f"(layer aliases and weight mapping are written for torchvision's ResNets); use one "
@@ -365,7 +365,7 @@ def _load_hub_weights(backbone: str, weights: str, download: bool) -> LoadedWeig
             state = torch.hub.load_state_dict_from_url(member.url, progress=False,
                                                        check_hash=True, weights_only=True)
             return LoadedWeights(state, f"{label} downloaded to {path}", mean, std)
-        except Exception as error:  # no network, a proxy, a refused hash: all end the same way
+        except (OSError, RuntimeError) as error:  # no network (URLError), a refused hash
             reason = f"downloading {member.url} failed ({error})"
     raise CnnlabError(
         f"{label} weights for {backbone} are not available: looked for {path} (the torch hub "
@@ -427,7 +427,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     cleaned = {}
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod."):
-            key = key[len(prefix):] if key.startswith(prefix) else key
+            key = key.removeprefix(prefix)
         cleaned[key] = value
     return cleaned
 
@@ -700,7 +700,8 @@ def build_transfer_model(backbone: str | None, weights: str | os.PathLike | None
 
 def _feature_channels(adapter: InputAdapter, features: nn.Module, node: str, size: int,
                       in_channels: int) -> int:
-    # Channels do not depend on the input size, so probe small (ResNet-50 at 224 costs ~1 s; at 32 every ResNet still has >= 1x1 left).
+    # Channels do not depend on the input size, so probe small: ResNet-50 at 224 costs ~1 s,
+    # and at 32 pixels every ResNet still has a 1x1 map left.
     probe_size = min(size, 32)
     was_training = features.training
     features.eval()

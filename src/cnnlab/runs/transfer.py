@@ -26,19 +26,24 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from cnnlab._util import CnnlabError, atomic_path, resolve_device, seed_everything, \
-    write_json_atomic
+from cnnlab._util import (
+    CnnlabError,
+    atomic_path,
+    resolve_device,
+    seed_everything,
+    write_json_atomic,
+)
 from cnnlab.augment import build_augment
 from cnnlab.data import ArrayDataset, cache_dir, find_dataset, load_images
 from cnnlab.diagnose import fit_verdict
 from cnnlab.models.backbones import TransferModel, build_transfer_model
 from cnnlab.report.figures import save_curves
 from cnnlab.runs.image import CurvesCallback, Datasets, RunSpec, check_writable, load_datasets
-from cnnlab.train import Callback, RunResult, Trainer, TrainConfig, evaluate
+from cnnlab.train import Callback, RunResult, TrainConfig, Trainer, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +176,8 @@ class FeatureCache:
     ``memory_entries`` entries.
     """
 
-    _memory: OrderedDict[str, torch.Tensor] = OrderedDict()
-    memory_entries = 8
+    _memory: ClassVar[OrderedDict[str, torch.Tensor]] = OrderedDict()
+    memory_entries: ClassVar[int] = 8
 
     def __init__(self, directory: str | Path | None) -> None:
         self.directory = Path(directory) if directory is not None else None
@@ -218,11 +223,12 @@ class FeatureCache:
         path = self._path(key)
         if path is None or not path.exists():
             return None, ""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             features = load_file(str(path))["features"]
-        except Exception as error:  # a damaged file is recomputed, not trusted
+        except (SafetensorError, OSError, KeyError) as error:  # damaged: recompute, not trust
             log.warning("feature cache %s is unreadable (%s); computing again", path, error)
             return None, ""
         if len(features) != count:
