@@ -199,6 +199,7 @@ def train_binary(
     config: TrainConfig | None = None,
     epochs: int | None = None,
     callbacks: Sequence[Callback] = (),
+    live_curves: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train a good-vs-defective classifier and judge it by escapes and false alarms.
@@ -212,6 +213,8 @@ def train_binary(
     ``TrainConfig(epochs=10, batch_size=64)``); ``epochs`` overrides its
     epochs. Thresholds are chosen on validation and reported on test for
     every policy (see :func:`cnnlab.diagnose.thresholds.threshold_report`).
+    ``live_curves`` redraws ``curves.png`` after every epoch (a second or
+    two each on a busy CPU); the final figure is drawn either way.
 
     Returns the summary (also written to ``out/summary.json``): test
     PR-AUC (average precision) and ROC-AUC, the policy table, the split and
@@ -234,12 +237,13 @@ def train_binary(
     config = config or TrainConfig(epochs=10, batch_size=64)
     if epochs is not None:
         config = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs})
-    return train_binary_spec(spec, config, out, callbacks=callbacks, progress=progress)
+    return train_binary_spec(spec, config, out, callbacks=callbacks, live_curves=live_curves,
+                             progress=progress)
 
 
 def train_binary_spec(spec: BinarySpec, config: TrainConfig, out: str | Path | None, *,
                       resume: bool = False, callbacks: Sequence[Callback] = (),
-                      progress: bool = False) -> dict[str, Any]:
+                      live_curves: bool = True, progress: bool = False) -> dict[str, Any]:
     """:func:`train_binary` for a ready :class:`BinarySpec` and :class:`TrainConfig`.
 
     With ``resume=True`` the spec and training config are read back from
@@ -270,7 +274,7 @@ def train_binary_spec(spec: BinarySpec, config: TrainConfig, out: str | Path | N
     extra: list[Callback] = []
     if spec.imbalance == "sampler":
         extra.append(BalancedSampler(seed=config.seed))
-    if run_dir is not None:
+    if run_dir is not None and live_curves:
         extra.append(CurvesCallback(run_dir / "curves.png", _title(spec)))
     trainer = Trainer(model, config, train=splits.train, val=splits.val,
                       augment=build_augment(spec.augment, seed=config.seed), task=task,
