@@ -53,7 +53,7 @@ def test_json_output_holds_every_row_and_the_totals(capsys):
                  "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["total_params"] == 11_689_512
-    layer4 = [row for row in data["layers"] if row["name"] == "layer4.1.relu#2"][0]
+    layer4 = next(row for row in data["layers"] if row["name"] == "layer4.1.relu#2")
     assert layer4["receptive_field"] == [435, 435] and layer4["jump"] == [32, 32]
     assert data["layers"][0]["macs"] == 64 * 112 * 112 * 3 * 49
 

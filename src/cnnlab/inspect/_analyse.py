@@ -25,8 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
@@ -352,8 +351,8 @@ class _FxInterpreter(fx.Interpreter):
             if isinstance(module, nn.PReLU):
                 return None
             return value if getattr(module, "inplace", False) else torch.empty_like(value)
-        if node.op in ("call_function", "call_method"):
-            if _rules.op_name(node.target) in _rules.UNARY_ACTIVATIONS:
+        if (node.op in ("call_function", "call_method")
+                and _rules.op_name(node.target) in _rules.UNARY_ACTIVATIONS):
                 inplace = node.kwargs.get("inplace", False) or str(node.target).endswith("_")
                 return value if inplace else torch.empty_like(value)
         return None

@@ -117,13 +117,15 @@ def _numbered_notes(result: InspectResult) -> dict[str, int]:
 
 def _caption(result: InspectResult) -> str:
     names = "x".join(result.dimension_names) or "-"
+    uncounted = (f" (plus uncounted: {', '.join(result.macs_unknown)})"
+                 if result.macs_unknown else "")
     lines = [
-        f"Parameters: {result.total_params:,} ({result.trainable_params:,} trainable, "
-        f"{result.frozen_params:,} frozen). MACs per sample: {format_macs(result.total_macs)}"
-        f"{' (plus uncounted: ' + ', '.join(result.macs_unknown) + ')' if result.macs_unknown else ''}.",
-        f"RF: receptive field in input pixels ({names}); jump: input pixels between "
-        "neighbouring units; start: centre of the first unit's field (negative: in the "
-        "padding). ≤: an upper bound. ∪: union over flattened positions.",
+        (f"Parameters: {result.total_params:,} ({result.trainable_params:,} trainable, "
+         f"{result.frozen_params:,} frozen). MACs per sample: "
+         f"{format_macs(result.total_macs)}{uncounted}."),
+        (f"RF: receptive field in input pixels ({names}); jump: input pixels between "
+         "neighbouring units; start: centre of the first unit's field (negative: in the "
+         "padding). ≤: an upper bound. ∪: union over flattened positions."),
         f"Graph: {result.method}; analysed in {result.seconds:.2f} s.",
     ]
     for note, number in _numbered_notes(result).items():

@@ -430,7 +430,6 @@ def _sliding(call: Call, geometry: _Geometry, transposed: bool = False, macs: in
 
 
 def _functional_pool(call: Call, name: str) -> Outcome:
-    tensor, _ = _single(call)
     dims = int(name[-2])
     offset = 1 if name.startswith("lp_pool") else 0  # lp_pool takes norm_type first
     kernel = _tuple(call.arg(1 + offset, "kernel_size"), dims)

@@ -424,7 +424,7 @@ def _name_size(size: Any, result: SpecResult, names: dict[Any, Any]) -> Any:
     if size.is_number or not size.has(sympy.floor):
         return size
     if size not in names:
-        root = re.sub(r"\d+$", "", str(sorted(size.free_symbols, key=str)[0]))
+        root = re.sub(r"\d+$", "", str(min(size.free_symbols, key=str)))
         taken = set(result.symbols) | {str(symbol) for symbol in names.values()}
         number = 1
         while f"{root}{number}" in taken:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from cnnlab._util import CnnlabError
 from cnnlab.inspect import (
     InspectResult,
     analyse_spec,
@@ -127,7 +128,7 @@ def _load(source: str, options: dict[str, Any]) -> torch.nn.Module:
     if source == "lenet5":
         try:
             return load_model("lenet5", meta=True)
-        except Exception as error:  # the models layer is optional here: fall back to the spec
+        except CnnlabError as error:  # the models layer may lack it: fall back to the spec
             log.info("lenet5 is not available (%s); using the layer spec", error)
             from cnnlab.inspect import build_spec_model
 
