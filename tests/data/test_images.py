@@ -172,3 +172,37 @@ def test_real_cifar10_test_split_reads_from_shared_data(shared_data):
     data = load_images(shared_data / "cifar10-jpeg" / "test", progress=False)
     assert tuple(data.inputs.shape) == (10000, 3, 32, 32)
     assert data.classes[0] == "airplane" and data.class_counts() == [1000] * 10
+
+
+def test_archive_members_outside_the_target_are_refused(tmp_path):
+    import io
+    import tarfile
+
+    from cnnlab.data.images import safe_extract
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as bundle:
+        payload = b"overwritten"
+        member = tarfile.TarInfo("../escaped.txt")
+        member.size = len(payload)
+        bundle.addfile(member, io.BytesIO(payload))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(CnnlabError, match="unsafe member"):
+        safe_extract(archive, target)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_safe_archive_extracts(tmp_path):
+    import io
+    import tarfile
+
+    from cnnlab.data.images import safe_extract
+
+    archive = tmp_path / "ok.tar"
+    with tarfile.open(archive, "w") as bundle:
+        member = tarfile.TarInfo("folder/a.txt")
+        member.size = 2
+        bundle.addfile(member, io.BytesIO(b"hi"))
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "folder" / "a.txt").read_text() == "hi"

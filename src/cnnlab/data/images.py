@@ -329,14 +329,33 @@ def download_cifar10(root: Path) -> Path:
     Uses torchvision's downloader, which checks the checksum and extracts the
     archive. On a machine without a network this fails with a clear message.
     """
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_url
 
     root.mkdir(parents=True, exist_ok=True)
     try:
-        download_and_extract_archive(CIFAR10_URL, str(root), md5=CIFAR10_MD5)
+        download_url(CIFAR10_URL, str(root), md5=CIFAR10_MD5)  # verifies the checksum
     except Exception as error:  # network errors come in many types
         raise CnnlabError(
             f"could not download CIFAR-10 from {CIFAR10_URL} ({error}). Without a network, "
             "point CNNLAB_DATA at a folder holding cifar10-jpeg/ or cifar-10-batches-py/."
         ) from error
+    safe_extract(root / Path(CIFAR10_URL).name, root)
     return root / "cifar-10-batches-py"
+
+
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract a tar archive, refusing members that would land outside ``target``.
+
+    Uses the standard library's ``data`` filter, which rejects absolute paths,
+    ``..`` components, links pointing outside and device files.
+    """
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as bundle:
+            bundle.extractall(target, filter="data")
+    except tarfile.FilterError as error:
+        raise CnnlabError(f"{archive} was not extracted: it holds an unsafe member "
+                          f"({error}); the archive may be malicious") from None
+    except tarfile.TarError as error:
+        raise CnnlabError(f"{archive} is not a readable archive ({error})") from None
