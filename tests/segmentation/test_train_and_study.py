@@ -61,6 +61,8 @@ def bins_with(ratios: dict[str, tuple[float, float, float]]):
 @pytest.mark.parametrize("ratios,verdict", [
     ({"bce": (0.6, 0.5, 0.7), "iou": (0.95, 0.9, 1.0), "dice": (1.05, 1.0, 1.1),
       "lovasz": (0.9, 0.8, 1.0)}, "held"),
+    ({"bce": (0.96, 0.94, 0.98), "iou": (1.01, 0.99, 1.03), "dice": (1.02, 1.0, 1.04),
+      "lovasz": (0.99, 0.97, 1.01)}, "held weakly"),
     ({"bce": (0.97, 0.9, 1.05), "iou": (0.99, 0.9, 1.1), "dice": (1.0, 0.9, 1.1),
       "lovasz": (1.0, 0.9, 1.1)}, "did not hold"),
     ({"bce": (1.2, 1.1, 1.3), "iou": (1.5, 1.4, 1.6), "dice": (1.3, 1.2, 1.4),
@@ -81,6 +83,7 @@ def test_study_smoke_profile_runs_end_to_end(tmp_path):
     titles = [table.title for table in result.tables]
     assert "Synthetic shapes: predicted / true area by object size" in titles
     assert any(finding.startswith("Claim 'BCE gets the size") for finding in result.findings)
-    assert result.numbers["claim_verdict"] in {"held", "did not hold", "partly", "undecided"}
+    assert result.numbers["claim_verdict"] in {"held", "held weakly", "did not hold", "partly",
+                                             "undecided"}
     for figure in result.figures:
         assert (tmp_path / figure.path).stat().st_size > 1000

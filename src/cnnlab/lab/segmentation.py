@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ SIZE_BINS = ((0.01, 0.03), (0.03, 0.08), (0.08, 0.2), (0.2, 0.41))
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 BOUNDARY_TOLERANCE_PIXELS = 2
 BOOTSTRAP_SAMPLES = 1000
+SYNTHETIC_CONTRAST = 0.35  # object brightness above the background, fraction of 0-255
+SYNTHETIC_NOISE = 0.12     # Gaussian noise standard deviation, same units
+MATERIAL_SIZE_ERROR = 0.10  # a size bias a reader of the masks would notice (10% of the area)
 
 
 def _recipe(ctx: StudyContext) -> dict[str, Any]:
@@ -153,11 +157,19 @@ def size_bins(result: dict[str, Any], pixels: int, seed: int) -> list[dict[str, 
 def claim_verdict(bins: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
     """Did BCE get small objects' size wrong while IoU-type losses got it right?
 
-    Size error = |log(predicted / true area)| in the smallest bin. ``held``: BCE's
-    95% interval excludes 1 and every IoU-type loss (iou, dice, lovasz) has a
-    smaller error. ``did not hold``: BCE's interval includes 1, or no IoU-type
-    loss has a smaller error. ``partly``: BCE is measurably off and some, not
-    all, IoU-type losses do better. Returns (verdict, explanation).
+    Size error = |log(predicted / true area)| in the smallest bin.
+
+    - ``did not hold``: BCE's 95% interval includes 1 (no measurable size
+      error), or no IoU-type loss (iou, dice, lovasz) has a smaller error;
+    - ``partly``: BCE is measurably off and some, not all, IoU-type losses do
+      better;
+    - ``held``: BCE is measurably off by at least ``MATERIAL_SIZE_ERROR`` (10%)
+      and every IoU-type loss has a smaller error;
+    - ``held weakly``: as ``held``, but BCE's error is below 10%: the direction
+      of the claim is measurable, its size is not one a reader of the masks
+      would notice.
+
+    Returns (verdict, explanation).
     """
     smallest = {loss: rows[0] for loss, rows in bins.items()}
     bce = smallest["bce"]
@@ -170,14 +182,21 @@ def claim_verdict(bins: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
     bce_off = not bce["ratio_low"] <= 1.0 <= bce["ratio_high"]
     iou_errors = {loss: error(smallest[loss]) for loss in IOU_TYPE_LOSSES if loss in smallest}
     better = [loss for loss, value in iou_errors.items() if value < error(bce)]
-    if bce_off and len(better) == len(iou_errors):
-        return "held", "BCE's interval excludes 1 and every IoU-type loss is closer to 1"
+    bce_percent = (bce["area_ratio"] - 1) * 100
     if not bce_off:
         return "did not hold", "BCE's area ratio on the smallest objects is within noise of 1"
     if not better:
         return "did not hold", "BCE is off, but no IoU-type loss is closer to the true size"
-    return "partly", (f"BCE is off; {', '.join(better)} closer to the true size, "
-                      f"{', '.join(sorted(set(iou_errors) - set(better)))} not")
+    if len(better) < len(iou_errors):
+        return "partly", (f"BCE is off by {bce_percent:+.1f}%; {', '.join(better)} closer to "
+                          f"the true size, {', '.join(sorted(set(iou_errors) - set(better)))}"
+                          " not")
+    if error(bce) < math.log(1 + MATERIAL_SIZE_ERROR):
+        return "held weakly", (f"BCE's masks are measurably off ({bce_percent:+.1f}%) and every "
+                               "IoU-type loss is closer to the true size, but the bias is below "
+                               f"{MATERIAL_SIZE_ERROR:.0%}")
+    return "held", (f"BCE is off by {bce_percent:+.1f}% and every IoU-type loss is closer to "
+                    "the true size")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -343,15 +362,17 @@ def run(ctx: StudyContext) -> StudyResult:
     from cnnlab.data.segmentation import synthetic_shapes
 
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     recipe = _recipe(ctx)
     config = {"recipe": recipe, "seed": ctx.seed}
 
     # Synthetic shapes: independent train and test draws (different seeds).
     size = recipe["synthetic_size"]
-    synthetic_train = synthetic_shapes(recipe["synthetic_train_images"], size=size,
-                                       seed=ctx.seed)
-    synthetic_test = synthetic_shapes(recipe["synthetic_test_images"], size=size,
-                                      seed=ctx.seed + 10_000)
+    shape_options = {"size": size, "contrast": SYNTHETIC_CONTRAST, "noise": SYNTHETIC_NOISE}
+    synthetic_train = synthetic_shapes(recipe["synthetic_train_images"], seed=ctx.seed,
+                                       **shape_options)
+    synthetic_test = synthetic_shapes(recipe["synthetic_test_images"], seed=ctx.seed + 10_000,
+                                      **shape_options)
     synthetic_overlay = _pick_by_size(synthetic_test.foreground_fraction,
                                       (0.015, 0.05, 0.13, 0.3))
     synthetic: dict[str, dict[str, Any]] = {}
@@ -395,6 +416,9 @@ def run(ctx: StudyContext) -> StudyResult:
                      f" px from the first {train_slices}"
                      f" slices; test: the last {recipe['membrane_test_slices']} whole slices"
                      if membrane_sets else "skipped: data not found"),
+        "machine_load": f"1-minute load average {load_at_start:.1f} at the start and "
+                        f"{os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs); train "
+                        "seconds depend on what else ran",
         "evaluation": f"threshold 0.5 unless stated; boundary F with a "
                       f"{BOUNDARY_TOLERANCE_PIXELS}-pixel tolerance; area ratio pooled over the "
                       f"images of a bin with a {BOOTSTRAP_SAMPLES}-sample bootstrap 95% interval",
@@ -574,7 +598,10 @@ def _findings(ctx, synthetic, membrane, bins, numbers) -> list[str]:
                                                               ("membrane", membrane))
                  for loss, result in results.items() if _still_improving(result)]
     caveat = (f"One seed and a fixed budget ({ctx.profile} profile); the differences between "
-              "losses are not averaged over seeds.")
+              "losses are not averaged over seeds. The synthetic objects have a clear contrast "
+              f"(+{SYNTHETIC_CONTRAST:.2f} of the grey range over noise of "
+              f"{SYNTHETIC_NOISE:.2f}); the claim is about ambiguous boundaries, so a "
+              "lower-contrast variant could still show a larger BCE size bias.")
     if improving:
         caveat += (f" Validation loss still fell by more than 2% in the last epoch for "
                    f"{', '.join(improving)}: those runs had not converged, so part of any "
