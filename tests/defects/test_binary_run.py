@@ -60,6 +60,10 @@ def test_a_run_leaves_a_binary_run_directory_with_the_policy_table(finished_run)
             choice = choose_threshold(name, scores["val_targets"], scores["val_scores"],
                                       settings)
             assert summary["policies"][name]["threshold"] == choice.threshold
+    for policy in summary["policies"].values():  # escapes by defect kind add up to the count
+        assert sum(policy["test_missed_by_kind"].values()) == policy["test"]["fn"]
+        assert set(policy["test_missed_by_kind"]) <= {"spot", "crack"}
+    assert summary["split"]["counts"]["test"]["positive_kinds"].keys() <= {"spot", "crack"}
     text = policy_table_text(summary)
     assert "PR-AUC (average precision)" in text and "min_recall" in text
     assert "per 10,000 parts at defect rate 0.3333" in text
@@ -72,6 +76,9 @@ def test_evaluate_rechooses_thresholds_and_rescoring_matches_the_stored_scores(f
     assert result["settings"]["defect_rate"] == 0.01
     assert result["defect_rate_source"] == "given"
     assert result["test"]["roc_auc"] == pytest.approx(summary["test"]["roc_auc"])
+    again = evaluate_binary(out, write_figures=False)
+    assert {name: p["test_missed_by_kind"] for name, p in again["policies"].items()} == \
+        {name: p["test_missed_by_kind"] for name, p in summary["policies"].items()}
 
     rescored = evaluate_binary(out, rescore=True, device="cpu", write_figures=False)
     for name, policy in summary["policies"].items():

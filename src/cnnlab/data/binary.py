@@ -378,6 +378,8 @@ def _check_splits(parts: dict[str, np.ndarray], labels: np.ndarray, data: Binary
         positives = int(labels[index].sum())
         counts[name] = {"images": len(index), "positives": positives,
                         "negatives": len(index) - positives}
+        kinds = sorted(data.kinds[i] for i in index if labels[i] == 1)
+        counts[name]["positive_kinds"] = {kind: kinds.count(kind) for kind in dict.fromkeys(kinds)}
         if data.groups is not None:
             counts[name]["groups"] = len({data.groups[i] for i in index})
             counts[name]["positive_groups"] = len({data.groups[i] for i in index

@@ -352,6 +352,15 @@ def _findings(runs: dict[str, dict[str, Any]], line: ThresholdReport, ctx: Study
             f"per 10,000 instead of at most {10_000 * rate * (1 - target):.0f}. Why: {why}. "
             f"{rule_of_three}; with fewer, lower the threshold by a margin or accept the risk.")
 
+    missed = {name: policies[name].get("test_missed_by_kind", {}) for name in
+              ("max_f1", "min_recall", "fixed")}
+    if any(missed.values()):
+        findings.append("Which defects escape on test, by kind: " + "; ".join(
+            f"{POLICY_NAMES[name]}: " + (", ".join(f"{kind} {count}" for kind, count in
+                                                   kinds.items()) or "none")
+            for name, kinds in missed.items())
+            + f" (test defects by kind: {_kind_counts(main)}).")
+
     roc_auc, average_precision = main["test"]["roc_auc"], main["test"]["average_precision"]
     kinder = ("looks kinder, because it counts false alarms as a share of the many good parts"
               if roc_auc > average_precision else "does not look kinder here")
@@ -403,6 +412,11 @@ def _findings(runs: dict[str, dict[str, Any]], line: ThresholdReport, ctx: Study
         findings.append("Smoke profile: 32-pixel images, one epoch, a tiny network; the numbers "
                         "only show that the pipeline runs.")
     return findings
+
+
+def _kind_counts(summary: dict[str, Any]) -> str:
+    counts = summary["split"]["counts"]["test"].get("positive_kinds", {})
+    return ", ".join(f"{kind} {count}" for kind, count in counts.items()) or "not recorded"
 
 
 def _positive_groups(summary: dict[str, Any], split: str) -> int | str:

@@ -288,7 +288,8 @@ def train_binary_spec(spec: BinarySpec, config: TrainConfig, out: str | Path | N
                               scores["test"], _settings(spec, rate),
                               defect_rate_source=rate_source)
     summary = dict(result.summary)
-    summary.update(_report_summary(report, splits.describe()))
+    summary.update(_report_summary(report, splits.describe(), splits.test.targets.numpy(),
+                                   scores["test"], splits.test.meta["kinds"]))
     summary["total_seconds"] = time.perf_counter() - started
     summary["pos_weight"] = pos_weight
     summary["fit_verdict"] = fit_verdict(result.history, chance_accuracy=max(
@@ -336,7 +337,10 @@ def evaluate_binary(
     report = threshold_report(arrays["val_targets"], arrays["val_scores"],
                               arrays["test_targets"], arrays["test_scores"],
                               _settings(spec, rate), defect_rate_source=rate_source)
-    result = {"run": str(run_dir), **_report_summary(report, config["split"])}
+    kinds = arrays.get("test_kinds")
+    result = {"run": str(run_dir), **_report_summary(
+        report, config["split"], arrays["test_targets"], arrays["test_scores"],
+        None if kinds is None else kinds.tolist())}
     if write_figures:
         result["figures"] = _write_figures(run_dir, report, config["data"]["classes"])
     return result
@@ -399,8 +403,12 @@ def policy_table_text(result: dict[str, Any]) -> str:
                      f"{t['recall']:>8.3f}{t['specificity']:>8.3f}"
                      f"{policy['escapes_per_parts']:>9.1f}{policy['discards_per_parts']:>9.1f}"
                      f"  {target}")
-        notes.append(f"  {name}: {policy['rule']}" + (f"; {policy['note']}" if policy["note"]
-                                                       else ""))
+        note = f"  {name}: {policy['rule']}" + (f"; {policy['note']}" if policy["note"] else "")
+        missed = policy.get("test_missed_by_kind")
+        if missed:
+            note += "; test positives missed by kind: " + ", ".join(
+                f"{kind} {count}" for kind, count in missed.items())
+        notes.append(note)
     lines += ["", "escapes: defective parts passed; discards: good parts thrown away", *notes]
     return "\n".join(lines)
 
@@ -441,18 +449,30 @@ def _stored_config(spec: BinarySpec, splits: BinarySplits, pos_weight: float | N
                     "resize": spec.size, "skip_bad": spec.skip_bad, "evaluate_test": True}}
 
 
-def _report_summary(report: ThresholdReport, split: dict[str, Any]) -> dict[str, Any]:
+def _report_summary(report: ThresholdReport, split: dict[str, Any], test_targets: np.ndarray,
+                    test_scores: np.ndarray, test_kinds: list[str] | None) -> dict[str, Any]:
+    """The report without curve points, each policy with its missed test positives by kind."""
     brief = report.to_dict(curves=False)
+    policies = {p["name"]: p for p in brief["policies"]}
+    if test_kinds is not None:
+        # Which kinds of defect escape tells more than how many: one kind may always escape.
+        positive = np.asarray(test_targets).reshape(-1) == 1
+        kinds = np.asarray(test_kinds)[positive]
+        scores = np.asarray(test_scores).reshape(-1)[positive]
+        for policy in policies.values():
+            missed = kinds[scores < policy["threshold"]]
+            names, counts = np.unique(missed, return_counts=True)
+            policy["test_missed_by_kind"] = {str(n): int(c) for n, c in zip(names, counts)}
     return {"task": "binary", "settings": brief["settings"],
             "defect_rate_source": brief["defect_rate_source"], "split": split,
-            "validation": brief["validation"], "test": brief["test"],
-            "policies": {p["name"]: p for p in brief["policies"]}}
+            "validation": brief["validation"], "test": brief["test"], "policies": policies}
 
 
 def _write_scores(run_dir: Path, splits: BinarySplits, scores: dict[str, np.ndarray]) -> None:
     with atomic_path(run_dir / SCORES_FILE) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, val_scores=scores["val"], test_scores=scores["test"],
+                     test_kinds=np.asarray(splits.test.meta["kinds"], dtype=str),
                      val_targets=splits.val.targets.numpy().astype(np.int64),
                      test_targets=splits.test.targets.numpy().astype(np.int64))
 
@@ -474,6 +494,7 @@ def _rescore(run_dir: Path, config: dict[str, Any], device: str) -> dict[str, np
         logits = predict_logits(model, part, device=target)
         arrays[f"{name}_scores"] = torch.sigmoid(logits.reshape(-1).double()).numpy()
         arrays[f"{name}_targets"] = part.targets.numpy().astype(np.int64)
+    arrays["test_kinds"] = np.asarray(splits.test.meta["kinds"], dtype=str)
     return arrays
 
 
