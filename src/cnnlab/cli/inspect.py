@@ -116,6 +116,7 @@ def _run_model(args: argparse.Namespace) -> int:
     import torch
 
     from cnnlab.inspect import (
+        MetaDeviceError,
         draw_receptive_field,
         inspect,
         layer_names,
@@ -137,7 +138,16 @@ def _run_model(args: argparse.Namespace) -> int:
                  if name]
         _emit("\n".join(lines) + "\n", args.out)
         return 0
-    result = inspect(model, input_shape, input_dtype=dtype, name=args.model, trace=args.trace)
+    try:
+        result = inspect(model, input_shape, input_dtype=dtype, name=args.model,
+                         trace=args.trace)
+    except MetaDeviceError:
+        if args.draw:
+            raise
+        # Some models (detection heads with nonzero) need real values: build them for real.
+        model = load_model(args.model, options)
+        result = inspect(model, input_shape, input_dtype=dtype, name=args.model,
+                         trace=args.trace)
 
     if args.draw:
         layer = args.layer or _default_layer(result, set(layer_names(model)))

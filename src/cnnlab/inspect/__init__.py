@@ -10,7 +10,13 @@ a picture of one unit's theoretical and effective receptive field.
 >>> result.total_params, result.row("layer2").receptive_field
 """
 
-from cnnlab.inspect._analyse import find_module, inspect, layer_names, parse_input_shape
+from cnnlab.inspect._analyse import (
+    MetaDeviceError,
+    find_module,
+    inspect,
+    layer_names,
+    parse_input_shape,
+)
 from cnnlab.inspect._draw import FieldPicture, draw_receptive_field, gradient_map
 from cnnlab.inspect._load import known_model_names, load_model, parse_options
 from cnnlab.inspect._render import render_table, render_text
@@ -26,7 +32,8 @@ from cnnlab.inspect._spec import (
 from cnnlab.inspect._spec_render import render_spec_table
 
 __all__ = [
-    "GRAMMAR", "FieldPicture", "InspectResult", "LayerRow", "SpecResult", "analyse_spec",
+    "GRAMMAR", "FieldPicture", "InspectResult", "LayerRow", "MetaDeviceError", "SpecResult",
+    "analyse_spec",
     "build_spec_model", "draw_receptive_field", "find_module", "gradient_map", "inspect",
     "known_model_names", "layer_names", "load_model", "looks_like_spec", "parse_input_shape",
     "parse_options", "parse_spec", "render_spec_table", "render_table", "render_text",

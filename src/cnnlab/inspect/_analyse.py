@@ -65,6 +65,10 @@ def _expectation(module: nn.Module | None, args: tuple) -> str:
     return ""
 
 
+class MetaDeviceError(CnnlabError):
+    """A model built on the meta device needs real values for some operation."""
+
+
 def parse_input_shape(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """``"3x32x32"`` or ``(3, 32, 32)`` -> ``(3, 32, 32)``: one sample, without the batch."""
     if isinstance(value, str):
@@ -173,6 +177,23 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+@contextmanager
+def _attributes_restored(model: nn.Module) -> Iterator[None]:
+    """Undo attribute assignments a forward pass makes (caches of anchors, masks, sizes).
+
+    Some modules store tensors they compute as plain attributes; after a meta
+    pass those would be meta tensors, breaking the real pass and the user's model.
+    """
+    saved = [(module, dict(module.__dict__)) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, attributes in saved:
+            for key in set(module.__dict__) - set(attributes):
+                del module.__dict__[key]
+            module.__dict__.update(attributes)
+
+
 def _run_with_fallback(model: nn.Module, graph: fx.GraphModule | None, shape: tuple[int, ...],
                        dtype: torch.dtype, spatial_axes: tuple[int, ...],
                        name: str) -> _Analyzer:
@@ -181,13 +202,23 @@ def _run_with_fallback(model: nn.Module, graph: fx.GraphModule | None, shape: tu
     last: _Rejected | None = None
     for attempt in attempts:
         try:
-            return _run_once(model, graph, shape, dtype, spatial_axes, torch.device(attempt))
+            with _attributes_restored(model):
+                return _run_once(model, graph, shape, dtype, spatial_axes,
+                                 torch.device(attempt))
         except _Rejected as rejected:
             log.debug("run on %s failed at %s: %s", attempt, rejected.where, rejected.error)
             last = rejected
     assert last is not None
     shown = "x".join(str(s) for s in shape)
     cause = last.detail or _first_line(last.error)
+    if device.type == "meta" and (isinstance(last.error, NotImplementedError)
+                                  or "meta" in str(last.error).lower()):
+        raise MetaDeviceError(
+            f"{name} could not run on the meta device: layer {last.where} failed: {cause}. "
+            "Its parameters have no values, so the pass cannot be repeated for real; build "
+            "the model on the CPU (data-dependent operations such as nonzero need real "
+            "values), or check the input size."
+        ) from last.error
     raise CnnlabError(
         f"{name} rejects input {shown}: layer {last.where} failed: {cause}. Check the "
         "channels (first number) and use a size the model accepts."

@@ -105,7 +105,8 @@ def transposed_window(span: Span, kernel: int, stride: int, padding: int, dilati
         step=None if span.step is None else span.step * stride_fraction,
         centre=None if span.step is None
         else span.centre + span.step * (padding - Fraction(reach, 2)) * stride_fraction,
-        exact=span.exact and stride == 1,
+        # With jump 0 every unit already sees the same box: nothing to round.
+        exact=span.exact and (stride == 1 or span.jump == 0),
         dense=span.dense and stride == 1 and (kernel == 1 or dilation * span.jump <= span.size),
     )
 
@@ -130,7 +131,7 @@ def adaptive_window(span: Span, size_in: int, size_out: int) -> Span:
         jump=span.jump * ratio,
         step=None if span.step is None else span.step * ratio,
         centre=None if span.step is None else span.centre + span.step * (ratio - 1) / 2,
-        exact=False,
+        exact=span.exact and span.jump == 0,
         dense=span.dense and span.jump <= span.size,
     )
 
@@ -161,7 +162,7 @@ def resample(span: Span, size_in: int, size_out: int, mode: str, align_corners: 
         jump=span.jump * scale,
         step=None if span.step is None else span.step * scale,
         centre=None if span.step is None else span.centre + span.step * (scale - 1) / 2,
-        exact=False,
+        exact=span.exact and span.jump == 0,
         dense=span.dense and span.jump * scale <= span.size,
     )
 

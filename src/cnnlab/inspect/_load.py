@@ -108,6 +108,12 @@ def load_model(source: str, options: dict[str, Any] | None = None,
             # Their default init draws truncated normals with SciPy and warns; the
             # weights do not matter for inspection.
             options.setdefault("init_weights", False)
+        import inspect as signature_inspect
+
+        builder = torchvision.models.get_model_builder(source)
+        if "weights_backbone" in signature_inspect.signature(builder).parameters:
+            # Detection and segmentation models would download an ImageNet backbone.
+            options.setdefault("weights_backbone", None)
         try:
             return torchvision.models.get_model(source, weights=None, **options)
         except TypeError as error:

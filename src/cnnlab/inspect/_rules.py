@@ -168,6 +168,12 @@ UNARY_ACTIVATIONS = {
     "dropout1d", "dropout2d", "dropout3d", "stochastic_depth",
 }
 
+# New tensors that take only a shape, dtype or device from their input: they depend on
+# no pixel value.
+_CONSTANT_MAKERS = {"new_full", "new_zeros", "new_ones", "new_empty", "new_tensor", "zeros_like",
+                    "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "zero",
+                    "fill"}
+
 _STATISTICS_NORMS = {"layer_norm", "group_norm", "instance_norm", "local_response_norm"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp",
                "norm", "argmax", "argmin", "all", "any", "nansum", "nanmean", "median"}
@@ -252,8 +258,10 @@ def _dispatch(call: Call) -> Outcome:
     if call.module is not None:
         return _module_rule(call)
     name = call.op
-    if name in _ELEMENTWISE:
+    if name in _ELEMENTWISE or name == "copy":
         return _elementwise(call)
+    if name in _CONSTANT_MAKERS:
+        return Outcome(_like_output(call.output, CONSTANT))
     if name in _STATISTICS_NORMS:
         outcome = _elementwise(call)
         outcome.note = _statistics_note(name)
@@ -453,6 +461,7 @@ def _adaptive(call: Call) -> Outcome:
             span = adaptive_window(span, size_in, size_out)
             inexact = inexact or size_in % size_out != 0
         spans.append(span)
+    inexact = inexact and not all(span.exact for span in spans)
     note = "input size is not a multiple of the output size: the box is a bound" if inexact else ""
     return Outcome(_like_output(call.output, Field(tuple(spans))), row=True, note=note)
 
@@ -474,9 +483,10 @@ def _resample(call: Call, mode: str, align_corners: bool) -> Outcome:
             else:
                 span = resample(span, size_in, size_out, mode, align_corners)
         spans.append(span)
-    return Outcome(_like_output(call.output, Field(tuple(spans))), row=True,
-                   note=f"{mode} interpolation: which inputs a unit reads depends on its "
-                   "position; the box is a bound")
+    note = "" if all(span.exact for span in spans) else (
+        f"{mode} interpolation: which inputs a unit reads depends on its position; the box "
+        "is a bound")
+    return Outcome(_like_output(call.output, Field(tuple(spans))), row=True, note=note)
 
 
 def _pad(call: Call, pad: Any, mode: str, row: bool = True) -> Outcome:
@@ -565,8 +575,10 @@ def _concatenate(call: Call, stack: bool) -> Outcome:
             if span.axis is not None:
                 if stack and span.axis >= dim:
                     span = span.replace(axis=span.axis + 1)
-                elif not stack and span.axis == dim:
+                elif not stack and span.axis == dim and not span.flat:
                     return _unknown(call, "concatenation along a spatial axis")
+                # Joining flattened positions with other tokens (a class token) keeps
+                # the union: every element still comes from one of the inputs.
             spans.append(span)
         merged = spans if merged is None else [
             _merge(a, b, output.shape) for a, b in zip(merged, spans)]
