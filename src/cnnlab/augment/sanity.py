@@ -87,9 +87,10 @@ def check_augmented_set(original: Any, augmented: Any, *, max_copy_fraction: flo
     the augmented part, not the concatenated training set (which is half
     originals by construction).
 
-    The verdict is ``copies`` (with an :class:`AugmentationWarning`) when more
-    than ``max_copy_fraction`` of the augmented images are copies, i.e. the
-    "augmented" set is mostly the original one again.
+    The verdict is ``copies`` (with an :class:`AugmentationWarning`, unless
+    ``warn=False``) when more than ``max_copy_fraction`` of the augmented
+    images are copies, i.e. the "augmented" set is mostly the original one
+    again.
 
     >>> check_augmented_set(x, x).verdict        # the Keras `.x` mistake
     'copies'
@@ -242,5 +243,5 @@ def _announce(report: AugmentCheck, warn: bool) -> None:
         return
     if warn:
         warnings.warn(report.message, AugmentationWarning, stacklevel=3)
-    else:
-        log.warning("augmentation check: %s", report.message)
+    else:  # the caller asked to handle the verdict itself (e.g. a study showing the mistake)
+        log.info("augmentation check: %s", report.message)

@@ -240,7 +240,7 @@ def most_confused_pairs(confusion: np.ndarray, classes: Sequence[str], top: int 
              for j in range(len(classes)) if i != j and confusion[i, j] > 0]
     cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
     return [{"true": classes[i], "predicted": classes[j], "count": count,
-             "share_of_true": count / totals[i] if totals[i] else 0.0,
+             "share_of_true": float(count / totals[i]) if totals[i] else 0.0,
              "reverse_count": int(confusion[j, i])} for count, i, j in cells[:top]]
 
 

@@ -181,7 +181,7 @@ def perturb(perturbation: Perturbation, images: torch.Tensor, targets: torch.Ten
     if kind == "noise":
         return gaussian_noise(images, strength, generator)
     if kind == "shift":
-        return translate(images, int(round(strength)), generator)
+        return translate(images, round(strength), generator)
     if kind == "rotation":
         return rotate(images, strength, generator)
     return fgsm(model, images, targets, strength, mean=mean, std=std, task=task)
