@@ -25,9 +25,9 @@ MODELS = ["resnet50", "resnet18", "vgg16", "densenet121", "googlenet", "mobilene
           "efficientnet_b0"]
 
 
-def timed(function) -> tuple[float, float, object]:
+def timed(function, *args, **kwargs) -> tuple[float, float, object]:
     wall, cpu = time.perf_counter(), time.process_time()
-    value = function()
+    value = function(*args, **kwargs)
     return time.perf_counter() - wall, time.process_time() - cpu, value
 
 
@@ -61,10 +61,10 @@ def main() -> None:
           f"{'warm cpu':>9} {'torchinfo':>10}")
     for name in args.models.split(","):
         model = build(name, args.real)
-        cold_wall, cold_cpu, result = timed(lambda: inspect(model, "3x224x224", name=name))
+        cold_wall, cold_cpu, result = timed(inspect, model, "3x224x224", name=name)
         walls, cpus = [], []
         for _ in range(args.repeats):
-            wall, cpu, _ = timed(lambda: inspect(model, "3x224x224", name=name))
+            wall, cpu, _ = timed(inspect, model, "3x224x224", name=name)
             walls.append(wall)
             cpus.append(cpu)
         reference = "-"
@@ -72,8 +72,8 @@ def main() -> None:
             import torchinfo
 
             device = "cpu" if args.real else "meta"
-            wall, _, _ = timed(lambda: torchinfo.summary(model, input_size=(1, 3, 224, 224),
-                                                         device=device, verbose=0))
+            wall, _, _ = timed(torchinfo.summary, model, input_size=(1, 3, 224, 224),
+                               device=device, verbose=0)
             reference = f"{wall:.2f} s"
         print(f"{name:<20} {len(result.rows):>5} {cold_wall:>9.2f}s {cold_cpu:>8.2f}s "
               f"{statistics.median(walls):>9.2f}s {statistics.median(cpus):>8.2f}s "
