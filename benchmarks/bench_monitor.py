@@ -74,7 +74,7 @@ def one_epoch(model_name: str, options: dict, data, monitored: bool, threads: in
     from cnnlab.diagnose.figures import save_monitor_figures
     from cnnlab.diagnose.monitor import GradientMonitor, write_monitor
     from cnnlab.models import build_model
-    from cnnlab.train import Trainer, TrainConfig
+    from cnnlab.train import TrainConfig, Trainer
 
     model = build_model(model_name, **options)
     config = TrainConfig(epochs=1, batch_size=batch_size, optimizer="adam", lr=1e-3,

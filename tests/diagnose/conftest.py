@@ -24,8 +24,8 @@ def synthetic_halves(count: int = 128, size: int = 8, seed: int = 0) -> ArrayDat
 
 
 def quick_config(**overrides) -> TrainConfig:
-    base = dict(epochs=2, batch_size=32, optimizer="sgd", lr=0.05, seed=0, fit_subset=32,
-                threads=1, device="cpu", checkpoint_every=1)
+    base = {"epochs": 2, "batch_size": 32, "optimizer": "sgd", "lr": 0.05, "seed": 0,
+            "fit_subset": 32, "threads": 1, "device": "cpu", "checkpoint_every": 1}
     base.update(overrides)
     return TrainConfig(**base)
 

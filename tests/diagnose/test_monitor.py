@@ -18,7 +18,7 @@ from cnnlab.diagnose.monitor import (
 from cnnlab.models import build_model
 from cnnlab.train import Callback, Trainer
 
-from .conftest import quick_config, synthetic_halves
+from .conftest import quick_config
 
 
 def small_plain(**options) -> nn.Module:
@@ -86,7 +86,7 @@ def test_dead_and_saturated_fractions_match_a_count_by_hand(kind, values, dead, 
     module = {"relu": nn.ReLU(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[kind]
     probe = _ActivationProbe("layer", module, kind, bins=8)
     probe.record(values.contiguous())
-    mean, std, dead_fraction, saturated_fraction = probe.take()[:4].tolist()
+    mean, _, dead_fraction, saturated_fraction = probe.take()[:4].tolist()
     assert mean == pytest.approx(values.mean().item(), rel=1e-5)
     if dead is None:
         assert math.isnan(dead_fraction)

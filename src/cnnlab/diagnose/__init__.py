@@ -11,6 +11,18 @@ from cnnlab.diagnose.fit import (
 from cnnlab.diagnose.gradients import GradientThresholds, Verdict, diagnose, diagnose_run
 from cnnlab.diagnose.monitor import GradientMonitor, MonitorData, load_monitor
 
-__all__ = ["GOOD_FIT", "OVERFITTING", "UNDERFITTING", "FitThresholds", "FitVerdict",
-           "fit_verdict", "GradientThresholds", "Verdict", "diagnose", "diagnose_run",
-           "GradientMonitor", "MonitorData", "load_monitor"]
+__all__ = [
+    "GOOD_FIT",
+    "OVERFITTING",
+    "UNDERFITTING",
+    "FitThresholds",
+    "FitVerdict",
+    "GradientMonitor",
+    "GradientThresholds",
+    "MonitorData",
+    "Verdict",
+    "diagnose",
+    "diagnose_run",
+    "fit_verdict",
+    "load_monitor",
+]

@@ -83,7 +83,7 @@ def loss_evidence(data: MonitorData, history: list[dict] | None,
     """Loss flatness, spikes and trend, from the per-step trace and the epoch history."""
     values, steps = data.loss_values, data.loss_steps
     finite = np.isfinite(values)
-    evidence: dict[str, Any] = {"loss_steps_recorded": int(len(values))}
+    evidence: dict[str, Any] = {"loss_steps_recorded": len(values)}
     if finite.sum() >= 4:
         trace = values[finite]
         window = max(1, len(trace) // 10)
@@ -395,8 +395,8 @@ def _dead_remedies(options: dict[str, Any], training: dict[str, Any]) -> list[st
     return [
         "lower the learning rate" + (f" (--lr {lr / 10:g})" if lr else "")
         + ": one large step can push a unit's bias below all its inputs for good",
-        "use an activation that passes some gradient for negative inputs (--activation "
-        "leaky_relu or gelu)",
+        ("use an activation that passes some gradient for negative inputs (--activation "
+         "leaky_relu or gelu)"),
         *(["use He initialisation (--init kaiming)"] if options.get("init") != "kaiming" else []),
         *(["add batch normalisation (--norm batch)"] if options.get("norm") in (None, "none")
           else []),

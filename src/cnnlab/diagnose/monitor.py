@@ -594,7 +594,7 @@ class GradientMonitor(Callback):
         try:
             self.flush()
             self._conclude(None, trainer.history if trainer is not None else [])
-        except Exception:  # noqa: BLE001  (the run is stopping; the error below matters more)
+        except Exception:  # the run is stopping: the error raised below matters more
             log.exception("could not write the monitor's files before stopping")
         raise NonFiniteError(message + ". Run `cnnlab diagnose` on the run for remedies",
                              step, where)
@@ -804,10 +804,10 @@ def locate_nonfinite_activation(model: nn.Module, inputs: tuple) -> tuple[str, s
                 f", its weights are finite (largest magnitude {largest_weight:.3g})"
                 if weights and finite_weights else ", its weights are non-finite" if weights
                 else "")
-            found.append((names.get(id(module), type(module).__name__),
-                          f"{type(module).__name__}: {cause}; "
-                          f"{(~torch.isfinite(output)).float().mean().item():.1%} of outputs "
-                          f"NaN/Inf, largest finite output magnitude {largest:.3g}"))
+            share = (~torch.isfinite(output)).float().mean().item()
+            detail = (f"{type(module).__name__}: {cause}; {share:.1%} of outputs NaN/Inf, "
+                      f"largest finite output magnitude {largest:.3g}")
+            found.append((names.get(id(module), type(module).__name__), detail))
 
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     leaves = [m for m in model.modules() if not list(m.children())]
@@ -827,12 +827,11 @@ def locate_nonfinite_activation(model: nn.Module, inputs: tuple) -> tuple[str, s
 # ---- reading and writing the files ---------------------------------------------------------
 
 def _write_table(path: Path, steps: np.ndarray, names: list[str], values: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["step", *names])
-            for step, row in zip(steps, values):
-                writer.writerow([int(step), *(f"{v:.6g}" for v in row)])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", *names])
+        for step, row in zip(steps, values):
+            writer.writerow([int(step), *(f"{v:.6g}" for v in row)])
 
 
 def _read_table(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -868,10 +867,9 @@ def write_monitor(data: MonitorData, folder: str | Path) -> None:
     for name in ("mean", "std", "dead", "saturated"):
         _write_table(folder / f"activation_{name}.csv", data.steps, data.activations,
                      getattr(data, f"activation_{name}"))
-    with atomic_path(folder / "activation_histograms.npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, steps=data.steps, edges=data.histogram_edges,
-                                fractions=data.histograms.astype(np.float32))
+    with atomic_path(folder / "activation_histograms.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, steps=data.steps, edges=data.histogram_edges,
+                            fractions=data.histograms.astype(np.float32))
     _write_table(folder / "loss.csv", data.loss_steps, ["loss"], data.loss_values[:, None])
 
 

@@ -35,7 +35,7 @@ from cnnlab.models import build_model
 from cnnlab.report.figures import save_curves
 from cnnlab.runs import RunSpec
 from cnnlab.runs.image import load_datasets
-from cnnlab.train import NonFiniteError, Trainer, TrainConfig
+from cnnlab.train import NonFiniteError, TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
