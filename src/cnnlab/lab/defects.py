@@ -298,6 +298,7 @@ def _findings(runs: dict[str, dict[str, Any]], line: ThresholdReport, ctx: Study
     recall_policy, f1, fixed = policies["min_recall"], policies["max_f1"], policies["fixed"]
     rate = main["settings"]["defect_rate"]
     target = main["settings"]["min_recall"]
+    settings = recipe(ctx)
     findings = []
 
     chosen = ("max_f1", "min_recall", "min_precision", "min_cost")
@@ -324,6 +325,15 @@ def _findings(runs: dict[str, dict[str, Any]], line: ThresholdReport, ctx: Study
         f"Per 10,000 parts at the data's defect rate {rate:.3f}, on test: {outcomes}. {verdict} "
         f"The 0.5 threshold accuracy uses is chosen by nothing: where it lands depends on the "
         f"loss weighting (here recall {fixed['test']['recall']:.3f}).")
+
+    passed_good = recall_policy["test"]["specificity"]
+    findings.append(
+        f"What the recall target costs with this model: only {passed_good:.1%} of good test "
+        f"parts pass at its threshold, so {1 - passed_good:.1%} would be discarded or "
+        f"re-inspected. The model (test ROC-AUC {main['test']['roc_auc']:.3f}; {ctx.profile} "
+        f"profile: {settings['size']}-pixel images, {settings['epochs']} epochs) is the "
+        "bottleneck; the discards at the recall target are the number to judge a better "
+        "model by.")
 
     validation_positives = main["validation"]["positives"]
     validation_tiles = _positive_groups(main, "val")
