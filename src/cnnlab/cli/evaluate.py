@@ -15,8 +15,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--split", default="test", help="which split to evaluate")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--min-recall", type=float, default=None,
-                        help="binary runs: the recall of defects the threshold must reach")
+    binary = parser.add_argument_group("binary runs (thresholds chosen on validation)")
+    binary.add_argument("--min-recall", type=float, default=None,
+                        help="the recall of the positive class the threshold must reach")
+    binary.add_argument("--min-precision", type=float, default=None,
+                        help="the precision the threshold must reach")
+    binary.add_argument("--cost-escape", type=float, default=None,
+                        help="cost of one missed positive (an escaped defect)")
+    binary.add_argument("--cost-false-alarm", type=float, default=None,
+                        help="cost of one false alarm (a discarded good part)")
+    binary.add_argument("--defect-rate", type=float, default=None,
+                        help="the positive rate to report per-10,000 counts at (default: the "
+                        "data's)")
+    binary.add_argument("--rescore", action="store_true",
+                        help="recompute the scores from the model instead of the stored ones")
     parser.set_defaults(handler=run)
 
 
