@@ -55,7 +55,7 @@ SPEECH_RECIPE: dict[str, Any] = {
     "model": "audio_cnn",  # 40 log-mel bands, conv 16-32-64-64, mean over time, dropout 0.3
     "sample_rate": 8000,  # Hz; FSDD's own rate, other files are resampled to it
     "seconds": 1.0,  # clip window; FSDD clips last 0.14-2.28 s, mean 0.44 s
-    "epochs": 12,
+    "epochs": 8,  # validation accuracy on FSDD speakers reaches its ceiling by epoch 4
     "batch_size": 64,  # clips per step
     "lr": 2e-3,  # Adam, cosine-decayed to 0
     "weight_decay": 1e-4,
@@ -63,6 +63,7 @@ SPEECH_RECIPE: dict[str, Any] = {
     "snr_db": (10.0, 40.0),  # white-noise signal-to-noise range
     "validation_fraction": 0.1,  # of the training clips, stratified by class
     "n_mfcc": 20,  # baseline
+    "noisy_test_snr_db": (10.0, 0.0),  # extra test conditions: the test clips plus white noise
 }
 
 
@@ -76,14 +77,31 @@ def _confusion(targets: np.ndarray, predictions: np.ndarray, classes: int) -> np
     return matrix
 
 
+def noisy_copy(data: ArrayDataset, snr_db: float, *, seed: int = 0) -> ArrayDataset:
+    """``data`` with white noise at ``snr_db`` (relative to each clip's RMS), reproducibly."""
+    generator = torch.Generator().manual_seed(seed)
+    corrupt = TimeShiftNoise(1, max_shift_seconds=0.0, snr_db=(snr_db, snr_db),
+                             generator=generator)
+    noisy, _ = corrupt(data.inputs, data.targets)
+    return ArrayDataset(noisy, data.targets, list(data.classes), source=f"{data.source} "
+                        f"+ noise at {snr_db:g} dB SNR")
+
+
+def _accuracy(predictions: np.ndarray, data: ArrayDataset) -> float:
+    return float((predictions == data.targets.numpy()).mean())
+
+
 def fit_audio_cnn(train: ArrayDataset, test: ArrayDataset, *, recipe: dict[str, Any],
                   augment: bool = True, seed: int = 0, device: str = "auto",
-                  run_dir: str | Path | None = None) -> dict[str, Any]:
+                  run_dir: str | Path | None = None,
+                  extra_tests: dict[str, ArrayDataset] | None = None) -> dict[str, Any]:
     """Train the log-mel CNN on waveform datasets; test accuracy, confusion matrix, history.
 
     ``train``/``test`` hold ``[N, samples]`` float waveforms. A stratified
     ``validation_fraction`` of ``train`` is held out for the validation curve.
-    The trained model is returned under ``"model"`` (not JSON).
+    ``extra_tests`` (name -> dataset, e.g. noisy copies of ``test``) are
+    scored too, under ``"extra_accuracy"``. The trained model is returned
+    under ``"model"`` (not JSON).
     """
     started = time.perf_counter()
     keep, held = stratified_holdout(train.targets.tolist(), recipe["validation_fraction"],
@@ -103,9 +121,13 @@ def fit_audio_cnn(train: ArrayDataset, test: ArrayDataset, *, recipe: dict[str, 
     result = trainer.fit()
     predictions = predict_logits(result.model, test, device=device).argmax(dim=1).numpy()
     targets = test.targets.numpy()
+    extra = {name: _accuracy(predict_logits(result.model, data, device=device)
+                             .argmax(dim=1).numpy(), data)
+             for name, data in (extra_tests or {}).items()}
     return {
         "accuracy": float((predictions == targets).mean()),
         "confusion": _confusion(targets, predictions, len(test.classes)).tolist(),
+        "extra_accuracy": extra,
         "history": result.history,
         "train_size": len(fit_part), "validation_size": len(val_part), "test_size": len(test),
         "seconds": time.perf_counter() - started,
@@ -114,7 +136,8 @@ def fit_audio_cnn(train: ArrayDataset, test: ArrayDataset, *, recipe: dict[str, 
 
 
 def fit_mfcc_baseline(train: ArrayDataset, test: ArrayDataset, *, recipe: dict[str, Any],
-                      kind: str = "logistic", seed: int = 0) -> dict[str, Any]:
+                      kind: str = "logistic", seed: int = 0,
+                      extra_tests: dict[str, ArrayDataset] | None = None) -> dict[str, Any]:
     """MFCC statistics + ``kind`` ("logistic" or "svm"), fitted on all of ``train``."""
     started = time.perf_counter()
     mel = _mel(recipe)
@@ -123,10 +146,14 @@ def fit_mfcc_baseline(train: ArrayDataset, test: ArrayDataset, *, recipe: dict[s
         test_features = mfcc_statistics(test.inputs, mel, recipe["n_mfcc"])
         classifier = mfcc_classifier(kind, seed=seed).fit(train_features, train.targets.numpy())
         predictions = classifier.predict(test_features)
+        extra = {name: _accuracy(classifier.predict(
+            mfcc_statistics(data.inputs, mel, recipe["n_mfcc"])), data)
+            for name, data in (extra_tests or {}).items()}
     targets = test.targets.numpy()
     return {
         "accuracy": float((predictions == targets).mean()),
         "confusion": _confusion(targets, predictions, len(test.classes)).tolist(),
+        "extra_accuracy": extra,
         "seconds": time.perf_counter() - started,
     }
 
@@ -152,7 +179,7 @@ def run(ctx: StudyContext) -> StudyResult:
     started = time.perf_counter()
     recipe = dict(SPEECH_RECIPE)
     recipe["model"] = ctx.pick(smoke="audio_cnn_tiny", cpu="audio_cnn", full="audio_cnn")
-    recipe["epochs"] = ctx.pick(smoke=1, cpu=12, full=30)
+    recipe["epochs"] = ctx.pick(smoke=1, cpu=8, full=30)
     per_speaker = ctx.pick(smoke=12, cpu=None, full=None)  # training clips per speaker in smoke
 
     corpus = read_fsdd(find_dataset("fsdd", explicit_root=ctx.data_root), label="speaker")
@@ -163,18 +190,22 @@ def run(ctx: StudyContext) -> StudyResult:
     train = _waveform_dataset(train_corpus, recipe)
     test = _waveform_dataset(test_corpus, recipe)
     classes = list(train.classes)
+    # The same test recordings with white noise added: harder conditions that
+    # separate models the clean test set cannot (speaker ID on FSDD is easy).
+    noisy = {f"{snr:g} dB": noisy_copy(test, snr, seed=ctx.seed + 7)
+             for snr in recipe["noisy_test_snr_db"]}
 
     config = {"recipe": recipe, "seed": ctx.seed, "n_train": len(train), "n_test": len(test)}
     cnn = ctx.run_cached("cnn-augmented", config, lambda _dir: _storable(
         fit_audio_cnn(train, test, recipe=recipe, augment=True, seed=ctx.seed,
-                      device=ctx.device)))
+                      device=ctx.device, extra_tests=noisy)))
     plain = ctx.run_cached("cnn-no-augmentation", config, lambda _dir: _storable(
         fit_audio_cnn(train, test, recipe=recipe, augment=False, seed=ctx.seed,
-                      device=ctx.device)))
+                      device=ctx.device, extra_tests=noisy)))
     logistic = ctx.run_cached("mfcc-logistic", config, lambda _dir: fit_mfcc_baseline(
-        train, test, recipe=recipe, kind="logistic", seed=ctx.seed))
+        train, test, recipe=recipe, kind="logistic", seed=ctx.seed, extra_tests=noisy))
     svm = ctx.run_cached("mfcc-svm", config, lambda _dir: fit_mfcc_baseline(
-        train, test, recipe=recipe, kind="svm", seed=ctx.seed))
+        train, test, recipe=recipe, kind="svm", seed=ctx.seed, extra_tests=noisy))
 
     models = {"CNN + shift/noise augmentation": cnn, "CNN, no augmentation": plain,
               "MFCC stats + logistic regression": logistic, "MFCC stats + RBF SVM": svm}
@@ -182,11 +213,15 @@ def run(ctx: StudyContext) -> StudyResult:
     summary = Table(
         title=f"Speaker identification, {len(classes)} speakers: test accuracy "
               f"({n_test} held-out recordings)",
-        columns=["model", "test accuracy (%)", "errors", "seconds"],
+        columns=["model", "clean test accuracy (%)", "errors",
+                 *(f"test + noise at {name} SNR (%)" for name in noisy), "seconds"],
         rows=[[name, round(100 * r["accuracy"], 2), _errors(r["confusion"]),
+               *(round(100 * r["extra_accuracy"][key], 2) for key in noisy),
                round(r["seconds"], 1)] for name, r in models.items()],
-        caption="Official FSDD split (recording index 0-4 test). No published speaker-ID "
-                "accuracy exists for this split to place beside ours.",
+        caption="Official FSDD split (recording index 0-4 test). Noisy columns: the same test "
+                "recordings with white noise at the stated SNR (relative to each 1-s window's "
+                "RMS), drawn once with a fixed seed; training noise was 10-40 dB. No published "
+                "speaker-ID accuracy exists for this split to place beside ours.",
     )
     per_speaker_rows = []
     for index, speaker in enumerate(classes):
@@ -194,7 +229,7 @@ def run(ctx: StudyContext) -> StudyResult:
         for result in (cnn, logistic, svm):
             matrix = np.asarray(result["confusion"])
             total = matrix[index].sum()
-            row.append(round(100 * float(matrix[index, index]) / total, 1) if total else None)
+            row.append(round(100 * float(matrix[index, index] / total), 1) if total else None)
         per_speaker_rows.append(row)
     by_speaker = Table(title="Recall by speaker (%)",
                        columns=["speaker", "CNN (augmented)", "MFCC + LR", "MFCC + SVM"],
@@ -210,9 +245,13 @@ def run(ctx: StudyContext) -> StudyResult:
                          ctx.out_dir / "curves.png", title="CNN: un-augmented train subset "
                          "(dashed) and validation (solid)", train="fit")
 
-    findings = _findings(ctx, models, cnn, plain, svm, classes, n_test)
+    findings = _findings(ctx, models, cnn, plain, svm, classes, n_test, list(noisy))
     numbers = {f"{key}_accuracy": 100 * r["accuracy"] for key, r in
                zip(("cnn_augmented", "cnn_plain", "mfcc_logistic", "mfcc_svm"), models.values())}
+    numbers.update({f"{key}_noisy_accuracy": {name: 100 * value for name, value in
+                                               r["extra_accuracy"].items()}
+                    for key, r in zip(("cnn_augmented", "cnn_plain", "mfcc_logistic",
+                                       "mfcc_svm"), models.values())})
     numbers.update({"recall_by_speaker": {row[0]: row[1:] for row in per_speaker_rows},
                     "confusion_cnn": cnn["confusion"], "confusion_mfcc_svm": svm["confusion"],
                     "test_recordings": n_test, "train_recordings": len(train)})
@@ -247,22 +286,44 @@ def _first_per_class(corpus: AudioCorpus, count: int) -> AudioCorpus:
     return corpus.subset(picked)
 
 
-def _findings(ctx, models, cnn, plain, svm, classes, n_test) -> list[str]:
+def _findings(ctx, models, cnn, plain, svm, classes, n_test, noise_levels) -> list[str]:
     accuracy = {name: 100 * r["accuracy"] for name, r in models.items()}
     best_name = max(accuracy, key=accuracy.get)
     one = 100 / n_test
-    findings = [(
-        f"Best on the {n_test} test recordings: {best_name} at {accuracy[best_name]:.1f}% "
-        f"(one recording is {one:.2f} points). CNN {100 * cnn['accuracy']:.1f}% vs MFCC + SVM "
-        f"{100 * svm['accuracy']:.1f}% ({100 * (cnn['accuracy'] - svm['accuracy']):+.1f} points)."
-    )]
-    gap = 100 * (cnn["accuracy"] - plain["accuracy"])
-    findings.append(
-        f"Time-shift and noise augmentation moved the CNN from {100 * plain['accuracy']:.1f}% to "
-        f"{100 * cnn['accuracy']:.1f}% ({gap:+.1f} points, one seed; "
-        + ("within a few recordings, so not decided by this run)." if abs(gap) < 3 * one
-           else "more than a few recordings).")
-    )
+    if min(accuracy.values()) >= 100 - 3 * one:
+        findings = [(
+            f"On the clean test recordings every model is within three recordings of perfect "
+            f"(lowest {min(accuracy.values()):.1f}%): identifying these six speakers from a "
+            "seen microphone is too easy to separate a CNN from MFCC statistics, so the "
+            "noisy conditions below carry the comparison."
+        )]
+    else:
+        findings = [(
+            f"Best on the {n_test} clean test recordings: {best_name} at "
+            f"{accuracy[best_name]:.1f}% (one recording is {one:.2f} points). CNN "
+            f"{100 * cnn['accuracy']:.1f}% vs MFCC + SVM {100 * svm['accuracy']:.1f}% "
+            f"({100 * (cnn['accuracy'] - svm['accuracy']):+.1f} points)."
+        )]
+    for level in noise_levels:
+        scores = {name: 100 * r["extra_accuracy"][level] for name, r in models.items()}
+        best = max(scores, key=scores.get)
+        findings.append(
+            f"With noise at {level} SNR: " + ", ".join(f"{name} {value:.1f}%" for name, value
+                                                        in scores.items())
+            + f"; best: {best}."
+        )
+    hardest = noise_levels[-1] if noise_levels else None
+    if hardest:
+        gap = 100 * (cnn["extra_accuracy"][hardest] - plain["extra_accuracy"][hardest])
+        findings.append(
+            f"Augmentation (shift + 10-40 dB noise in training) changed the CNN's accuracy at "
+            f"{hardest} SNR by {gap:+.1f} points ({100 * plain['extra_accuracy'][hardest]:.1f}%"
+            f" -> {100 * cnn['extra_accuracy'][hardest]:.1f}%, one seed)"
+            + (": within a few recordings, not decided by this run." if abs(gap) < 3 * one
+               else ": more than a few recordings, so it buys robustness to noise beyond the "
+                    "levels it was trained with." if gap > 0 else
+               ": the augmented model is worse here.")
+        )
     matrix = np.asarray(cnn["confusion"])
     off = matrix.copy()
     np.fill_diagonal(off, 0)
