@@ -161,9 +161,12 @@ def inspect(
     return result
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The error's message on one line, cut at ``limit`` characters."""
+    text = " ".join(str(error).split())
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(error).__name__}: {text}"
 
 
 @contextmanager
@@ -228,7 +231,9 @@ def _run_with_fallback(model: nn.Module, graph: fx.GraphModule | None, shape: tu
 def _run_once(model: nn.Module, graph: fx.GraphModule | None, shape: tuple[int, ...],
               dtype: torch.dtype, spatial_axes: tuple[int, ...],
               device: torch.device) -> _Analyzer:
-    example = torch.zeros((1, *shape), dtype=dtype, device=device)
+    # Token ids of 1, not 0: id 0 is usually padding, which models may crop away.
+    fill = 0 if torch.empty(0, dtype=dtype).is_floating_point() else 1
+    example = torch.full((1, *shape), fill, dtype=dtype, device=device)
     input_field = Field(tuple(input_span(axis) for axis in spatial_axes))
     root = graph if graph is not None else model
     if device.type == "meta":

@@ -219,11 +219,14 @@ def union(first: Span, second: Span, units: int) -> Span:
                 exact=outer.exact and inner.exact, dense=outer.dense,
                 flat=first.flat or second.flat,
             )
-    jump = max(first.jump, second.jump)
-    # min of two lines is concave and max convex, so the extremes of the
-    # offsets from the chosen jump lie at the end units.
-    lo = min(min(first.box(u)[0], second.box(u)[0]) - u * jump for u in (0, last))
-    hi = max(max(first.box(u)[1], second.box(u)[1]) - u * jump for u in (0, last))
+    # min of two lines is concave and max convex, so for a chosen jump the
+    # extreme offsets lie at the end units. Of the two jumps, keep the tighter box.
+    candidates = []
+    for jump in (first.jump, second.jump):
+        lo = min(min(first.box(u)[0], second.box(u)[0]) - u * jump for u in (0, last))
+        hi = max(max(first.box(u)[1], second.box(u)[1]) - u * jump for u in (0, last))
+        candidates.append((hi - lo, lo, hi, jump))
+    _, lo, hi, jump = min(candidates)
     return first.replace(lo=lo, hi=hi, jump=jump, exact=False, dense=False,
                          flat=first.flat or second.flat)
 

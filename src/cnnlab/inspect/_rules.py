@@ -156,7 +156,8 @@ _ELEMENTWISE = {
     "nan_to_num", "expand", "expand_as", "broadcast_to",
     # dtype, memory layout and autograd bookkeeping
     "contiguous", "float", "double", "half", "bfloat16", "to", "type", "type_as", "clone",
-    "detach", "requires_grad_", "cpu", "cuda",
+    "detach", "requires_grad_", "cpu", "cuda", "real", "imag", "data", "long", "int", "bool",
+    "short", "byte", "char",
     # normalisation applied per position
     "batch_norm",
 }
@@ -180,7 +181,8 @@ _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod"
 _SOFTMAX = {"softmax", "log_softmax", "softmin"}
 _RESHAPES = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
              "reshape_as"}
-_PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
+_PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "T",
+             "mT"}
 _NON_TENSOR = {"size", "dim", "numel", "getattr", "__get__", "shape", "ndimension", "nelement"}
 _MATMUL = {"matmul", "mm", "bmm"}
 
@@ -200,6 +202,8 @@ _STATISTICS_MODULES: tuple[type, ...] = (
 def op_name(target: Any) -> str:
     """A normalised name for a function or method: ``operator.iadd`` and ``Tensor.add_`` -> add."""
     name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+    if name == "__get__" and hasattr(target, "__self__"):
+        name = getattr(target.__self__, "__name__", name)  # a property: Tensor.T, Tensor.real
     if name.startswith("__") and name.endswith("__") and name != "__get__":
         name = name[2:-2]
         if name.startswith("r") and name[1:] in ("add", "sub", "mul", "truediv", "pow", "and",
@@ -633,11 +637,13 @@ def _permute(call: Call) -> Outcome:
         if isinstance(dims, int):
             dims = [dims]
         order = [d % ndim for d in dims]
-    elif name in ("transpose", "swapaxes", "swapdims", "t"):
-        first, second = (call.arg(1, "dim0", 0), call.arg(2, "dim1", 1)) if name != "t" \
-            else (0, 1)
+    elif name in ("transpose", "swapaxes", "swapdims", "t", "mT"):
+        first, second = {"t": (0, 1), "mT": (-2, -1)}.get(
+            name, (call.arg(1, "dim0", 0), call.arg(2, "dim1", 1)))
         first, second = first % ndim, second % ndim
         order[first], order[second] = order[second], order[first]
+    elif name == "T":
+        order = list(reversed(order))
     else:  # movedim
         source_dims = _tuple(call.arg(1, "source"), 1)
         target_dims = _tuple(call.arg(2, "destination"), 1)
