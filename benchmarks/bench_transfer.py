@@ -14,8 +14,9 @@ claim under test: (2) costs at most 1.3 passes, (3) about ten.
 The backbone is torchvision's resnet18 with random weights (the values of the
 weights do not change the cost) at a small input size, the head linear, the
 trainer's per-epoch fit/validation evaluations switched off so that only
-training is timed. Run: ``python benchmarks/bench_transfer.py [--images 512]
-[--size 64] [--epochs 10] [--threads 1]``. Check ``uptime`` first: on a
+training is timed. (1) and (2) are alternated ``--repeats`` times and their
+medians compared. Run: ``python benchmarks/bench_transfer.py [--images 512]
+[--size 64] [--epochs 10] [--repeats 3] [--threads 1]``. Check ``uptime`` first: on a
 shared machine compare the ratios, measured side by side, not the seconds.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import torch
@@ -78,32 +81,41 @@ def main() -> None:
     model = fresh_model()
     extract_features(model, data.inputs[:args.batch_size], args.batch_size, "cpu")
 
-    # 1. One pass of the backbone over the images.
-    started = time.perf_counter()
-    extract_features(model, data, args.batch_size, "cpu")
-    one_pass = time.perf_counter() - started
+    # 1 and 2, alternated --repeats times so that a change in the machine's load hits both.
+    passes, cached_runs, feature_runs = [], [], []
+    for _ in range(args.repeats):
+        # 1. One pass of the backbone over the images.
+        started = time.perf_counter()
+        extract_features(model, data, args.batch_size, "cpu")
+        passes.append(time.perf_counter() - started)
 
-    # 2. With the cache: features once (into memory), then the head for ten epochs.
-    FeatureCache.clear_memory()
-    model = fresh_model()
-    started = time.perf_counter()
-    features = FeatureCache(None).features(model, data, batch_size=args.batch_size,
-                                           device="cpu")
-    feature_seconds = time.perf_counter() - started
-    Trainer(model.head, config, train=ArrayDataset(features, data.targets, data.classes)).fit()
-    cached = time.perf_counter() - started
+        # 2. With the cache: features once (hashing the weights and images for the key
+        # included), then the head for ten epochs on them.
+        FeatureCache.clear_memory()
+        cached_model = fresh_model()
+        started = time.perf_counter()
+        features = FeatureCache(None).features(cached_model, data,
+                                               batch_size=args.batch_size, device="cpu")
+        feature_runs.append(time.perf_counter() - started)
+        Trainer(cached_model.head, config,
+                train=ArrayDataset(features, data.targets, data.classes)).fit()
+        cached_runs.append(time.perf_counter() - started)
 
-    # 3. Without the cache: the frozen backbone runs on every training batch.
+    # 3. Without the cache: the frozen backbone runs on every training batch (once: slow).
     model = fresh_model()
     started = time.perf_counter()
     Trainer(model, config, train=data).fit()
     live = time.perf_counter() - started
+    one_pass, cached = statistics.median(passes), statistics.median(cached_runs)
+    feature_seconds = statistics.median(feature_runs)
 
     load = os.getloadavg()[0]
     print(f"{args.images} CIFAR-10 images at {args.size}x{args.size}, resnet18 frozen, "
           f"linear head, {args.epochs} epochs, batch {args.batch_size}, {args.threads} "
           f"thread(s); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {load:.1f}; torch {torch.__version__}; one run each")
+          f"load average {load:.1f}; torch {torch.__version__}; medians of {args.repeats} "
+          f"alternated runs of 1 and 2 (all: passes {_seconds(passes)}, cached "
+          f"{_seconds(cached_runs)}), one run of 3")
     print()
     print(f"| {'what':<44} | {'seconds':>8} | {'backbone passes':>15} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 17}|")
@@ -119,6 +131,10 @@ def main() -> None:
     print(f"claim: {args.epochs} cached epochs cost <= 1.3 backbone passes: {verdict} "
           f"({ratio:.2f}); without the cache {live / one_pass:.1f} passes, "
           f"{live / cached:.1f}x the cached time")
+
+
+def _seconds(values: list[float]) -> str:
+    return ", ".join(f"{value:.1f}" for value in values) + " s"
 
 
 if __name__ == "__main__":

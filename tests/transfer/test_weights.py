@@ -103,6 +103,7 @@ class _Payload:
         return (os.system, (f"touch {_Payload.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_crafted_malicious_pickle_is_refused_and_never_runs(tmp_path):
     _Payload.marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"

@@ -308,8 +308,8 @@ def _tables(settings: dict[str, Any], pretrain: dict[str, Any],
             gain = "-" if name in ("lenet5", "scratch") else \
                 round(100 * (row["test_accuracy"] - scratch), 1)
             table_rows.append([ROWS[name], round(row["test_accuracy"], 4), gain,
-                               round(row["wall_seconds"], 1), round(row["feature_seconds"], 1),
-                               row["epochs"]])
+                               round(row["wall_seconds"], 1),
+                               round(float(row["feature_seconds"]), 1), row["epochs"]])
         tables.append(Table(
             title=f"{labels} labels per class: test accuracy and wall time",
             columns=["row", "test accuracy", "gain over scratch (points)", "wall seconds",
@@ -346,8 +346,11 @@ def _figures(ctx: StudyContext, results: dict[int, dict[str, dict[str, Any]]]) -
 def _findings(settings: dict[str, Any], pretrain: dict[str, Any],
               results: dict[int, dict[str, dict[str, Any]]], imagenet: Path | None) -> list[str]:
     findings = []
+    # Two accuracies on the same 2,500 test images, each with a standard error of at most
+    # sqrt(0.25 / n): their difference is outside two standard errors of noise (about 95%)
+    # beyond 2 * sqrt(2) * that.
     error_points = 100 * math.sqrt(0.25 / (5 * settings["test_per_class"]))
-    decided = 2.5 * error_points  # a difference this large is not test-set noise
+    decided = 2 * math.sqrt(2) * error_points
     gains = {}
     for labels, rows in results.items():
         scratch = rows["scratch"]["test_accuracy"]
@@ -355,21 +358,28 @@ def _findings(settings: dict[str, Any], pretrain: dict[str, Any],
         best_name = max(transfer_rows, key=lambda k: transfer_rows[k]["test_accuracy"])
         best = transfer_rows[best_name]["test_accuracy"]
         gains[labels] = 100 * (best - scratch)
-        verdict = "a real gain" if gains[labels] > decided else (
-            "a real loss" if gains[labels] < -decided else
-            f"within test-set noise (about ±{decided:.1f} points)")
         findings.append(
             f"With {labels} labels per class the best transfer row ({ROWS[best_name]}) reaches "
             f"{best:.1%} against {scratch:.1%} for the same network from scratch: "
-            f"{gains[labels]:+.1f} points, {verdict}. LeNet-5 from scratch reaches "
-            f"{rows['lenet5']['test_accuracy']:.1%}.")
+            f"{gains[labels]:+.1f} points ({_beyond_noise(gains[labels], decided)}). LeNet-5 "
+            f"from scratch reaches {rows['lenet5']['test_accuracy']:.1%}.")
         frozen, tuned = rows["frozen_linear"], rows["fine_tuned"]
         findings.append(
-            f"{labels} labels per class: the frozen backbone with a linear head trains in "
-            f"{frozen['wall_seconds']:.1f} s ({frozen['feature_seconds']:.1f} s of it computing "
+            f"{labels} labels per class: the frozen backbone with a linear head takes "
+            f"{frozen['wall_seconds']:.0f} s ({frozen['feature_seconds']:.0f} s of it computing "
             f"features once) for {frozen['test_accuracy']:.1%}; fine-tuning takes "
-            f"{tuned['wall_seconds']:.1f} s for {tuned['test_accuracy']:.1%}; the intermediate "
+            f"{tuned['wall_seconds']:.0f} s for {tuned['test_accuracy']:.1%}; the intermediate "
             f"layer with an MLP head gives {rows['frozen_mlp']['test_accuracy']:.1%}.")
+        frozen_gain = 100 * (frozen["test_accuracy"] - scratch)
+        mlp_gain = 100 * (rows["frozen_mlp"]["test_accuracy"] - scratch)
+        tuned_gain = 100 * (tuned["test_accuracy"] - scratch)
+        behind = (" Features learnt on five other classes then separate the new ones worse "
+                  "than a network trained on the labels themselves; letting the backbone "
+                  "adapt is what pays." if max(frozen_gain, mlp_gain) < -decided else "")
+        findings.append(
+            f"{labels} labels per class, against scratch: frozen + linear {frozen_gain:+.1f}, "
+            f"frozen intermediate + MLP {mlp_gain:+.1f}, fine-tuned {tuned_gain:+.1f} points "
+            f"(differences within about ±{decided:.1f} are test-set noise).{behind}")
     if len(gains) > 1:
         ordered = sorted(gains)
         fewest, most = ordered[0], ordered[-1]
@@ -383,13 +393,22 @@ def _findings(settings: dict[str, Any], pretrain: dict[str, Any],
     findings.append(
         f"The backbone was pretrained by cnnlab on {pretrain['train_images']} images of five "
         f"other classes ({pretrain['test_accuracy']:.1%} on their test images, "
-        f"{pretrain['wall_seconds']:.0f} s), not on ImageNet: a small source task, so these "
-        "gains are a floor for what a large pretrained backbone gives. "
+        f"{pretrain['wall_seconds']:.0f} s), not on ImageNet: a small source task; what a "
+        "backbone pretrained on much more data would add is not measured here. "
         + (f"ImageNet weights were found and used ({imagenet})." if imagenet else
            "No ImageNet weights were in the torch hub cache, so no ImageNet row was run."))
-    findings.append("One seed per row: differences of a few points between transfer rows are "
-                    "not decided by this run.")
+    findings.append(
+        f"One seed per row. Test-set noise alone makes a difference of two rows uncertain by "
+        f"about ±{decided:.1f} points (two standard errors); the spread from one training seed "
+        "to another was not measured and adds to it, so differences of a few points between "
+        "rows are not decided by this run.")
     return findings
+
+
+def _beyond_noise(points: float, decided: float) -> str:
+    if abs(points) <= decided:
+        return f"within the test set's noise of about ±{decided:.1f} points"
+    return f"beyond the test set's noise of about ±{decided:.1f} points"
 
 
 STUDY = register(Study(

@@ -368,7 +368,7 @@ def train_transfer(spec: TransferSpec, config: TrainConfig, out: str | Path | No
     result.model = model
     summary = dict(result.summary)
     summary["total_seconds"] = time.perf_counter() - started
-    summary["feature_seconds"] = sum(event["seconds"] for event in cache_events)
+    summary["feature_seconds"] = float(sum(event["seconds"] for event in cache_events))
     summary["fit_verdict"] = fit_verdict(result.history,
                                          chance_accuracy=1 / len(train.classes)).to_dict()
     if test_metrics is not None:
