@@ -135,6 +135,9 @@ def add_parser(subparsers) -> None:
     # ---- end of binary task options ----
 
     run = parser.add_argument_group("running")
+    run.add_argument("--preset", choices=("fast",), default=None,
+                     help="fast: the accuracy-per-minute CIFAR-10 recipe (cnnlab.runs.fast); "
+                     "fixes model, optimiser, schedule and augmentation")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     run.add_argument("--threads", type=positive_int, default=None,
@@ -221,6 +224,9 @@ def launch_torchrun(args) -> int:
 def run_command(args) -> int:
     import os
 
+    if args.preset == "fast":  # the accuracy-per-minute recipe: src/cnnlab/cli/_fast.py
+        from cnnlab.cli._fast import run_preset
+        return run_preset(args)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args)
     if uses_transfer(args):  # transfer options: see the block at the end of this file

@@ -43,7 +43,7 @@ from cnnlab._util import CnnlabError, resolve_device, seed_everything, write_jso
 from cnnlab.augment import build_augment
 from cnnlab.data import ArrayDataset, find_dataset, limit, load_images
 from cnnlab.models import build_model
-from cnnlab.train import Callback, RunResult, Trainer, TrainConfig, prepare_inputs
+from cnnlab.train import Callback, RunResult, TrainConfig, Trainer, prepare_inputs
 
 log = logging.getLogger(__name__)
 
