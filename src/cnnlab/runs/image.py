@@ -80,11 +80,22 @@ def load_datasets(spec: RunSpec, seed: int, progress: bool = False) -> Datasets:
                                progress=progress)
         except CnnlabError as error:
             log.warning("no test split evaluated: %s", error)
-        if test is not None and test.source == full.source:
+        if test is not None and not has_test_split(spec.data):
             test = None  # a single folder of classes has no separate test split
         if test is not None:
             test.mean, test.std = train.mean, train.std
     return Datasets(train, val, test)
+
+
+def has_test_split(name_or_path: str) -> bool:
+    """Whether a dataset has its own test split (``.npz``, CIFAR pickles, or a ``test/`` folder)."""
+    from cnnlab.data import find_dataset
+    from cnnlab.data.images import _find_cifar_batches
+
+    root = find_dataset(name_or_path)
+    if root.suffix == ".npz" or _find_cifar_batches(root) is not None:
+        return True
+    return (root / "test").is_dir()
 
 
 def _model_for(spec: RunSpec, data: ArrayDataset) -> torch.nn.Module:
@@ -97,13 +108,21 @@ def _model_for(spec: RunSpec, data: ArrayDataset) -> torch.nn.Module:
 
 
 class CurvesCallback(Callback):
-    """Redraws ``curves.png`` after every epoch, so a long run can be watched."""
+    """Redraws ``curves.png`` during a run, so a long run can be watched.
 
-    def __init__(self, path: Path, title: str) -> None:
-        self.path, self.title = path, title
+    Drawing takes a few hundred milliseconds, more than a whole epoch of a
+    tiny run, so it happens at most every ``every_seconds``; the run's end
+    always draws the final figure.
+    """
+
+    def __init__(self, path: Path, title: str, every_seconds: float = 20.0) -> None:
+        self.path, self.title, self.every_seconds = path, title, every_seconds
+        self.last_drawn = time.perf_counter()
 
     def on_epoch_end(self, trainer, epoch, row) -> None:
-        save_curves(trainer.history, self.path, title=self.title, train="fit")
+        if time.perf_counter() - self.last_drawn >= self.every_seconds:
+            save_curves(trainer.history, self.path, title=self.title, train="fit")
+            self.last_drawn = time.perf_counter()
 
 
 def check_writable(run_dir: Path) -> None:

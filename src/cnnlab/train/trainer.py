@@ -221,7 +221,10 @@ class Trainer:
     def _make_scheduler(self):
         c, total = self.config, self.total_steps
         warmup = int(round(c.warmup_epochs * self.steps_per_epoch))
-        if c.schedule == "onecycle":
+        if c.schedule == "onecycle" and total < 4:
+            log.warning("one-cycle needs at least 4 steps, this run has %d; using a constant "
+                        "learning rate", total)
+        elif c.schedule == "onecycle":
             # The rising phase: the warm-up if one is set, else a quarter of the run; at least
             # two steps, since OneCycleLR divides by the length of each phase.
             rising = warmup / total if warmup else 0.25
