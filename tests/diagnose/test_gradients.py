@@ -200,3 +200,36 @@ def test_a_single_step_larger_than_the_weights_counts_as_exploding():
     assert verdict.kind == EXPLODING
     assert "layer1.weight by 40 times its own norm (step 3)" in verdict.summary
     assert not math.isnan(verdict.evidence["largest_update_ratio"])
+
+
+def test_a_fading_forward_signal_with_a_flat_loss_is_vanishing_too():
+    data = constructed(np.ones((6, 3)), kinds=("relu", "relu", "relu"))
+    data.activation_std[:] = [1.0, 0.1, 0.004]  # the last layer varies 250 times less
+    verdict = diagnose(data)[0]
+    assert verdict.kind == VANISHING
+    assert verdict.layers == ["act2"]
+    assert verdict.evidence["activation_std_ratio"] == pytest.approx(0.004)
+    assert "forward signal fades" in verdict.summary
+
+
+def test_no_pathology_but_a_flat_loss_says_so_and_suggests_what_else_to_try():
+    verdict = diagnose(constructed(np.ones((6, 3))))[0]
+    assert verdict.kind == NONE
+    assert "yet the loss did not fall" in verdict.summary
+    assert verdict.remedies[0].startswith("try a learning rate ten times lower")
+
+
+def test_the_deferred_sentinel_used_on_cuda_reports_the_first_bad_step(halves, monkeypatch):
+    # On CUDA the checks stay on the device and are read every cuda_check_every steps; here
+    # the CPU plays the GPU, and the trainer's own per-step loss check is switched off.
+    train, _ = halves
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
+                          NanGradientLinear(4 * 6 * 6, 2))
+    monitor = GradientMonitor(None, every=1, figures=False, cuda_check_every=3)
+    monkeypatch.setattr(monitor, "_deferred", lambda trainer: True)
+    trainer = Trainer(model, quick_config(), train=train, callbacks=[monitor])
+    trainer._check_nonfinite_every = 10**9
+    with pytest.raises(NonFiniteError) as stopped:
+        trainer.fit()
+    assert stopped.value.step == 1
+    assert "first at step 1 (seen at step 3)" in str(stopped.value)

@@ -5,7 +5,10 @@ Four problems are looked for, each from measured numbers:
 - **vanishing**: the first layer's gradient norm is orders of magnitude
   below the last layer's (the median over sampled steps of their ratio is
   below ``vanishing_ratio``, or below ``weak_vanishing_ratio`` while the
-  loss stays flat);
+  loss stays flat), or the forward signal fades: late in the run some
+  layer's activations vary ``faded_activation_ratio`` times less than the
+  first layer's while the loss stays flat (weight gradients can look
+  balanced then, since small activations meet large back-propagated errors);
 - **exploding**: a NaN/Inf stopped the run, or the gradient norm grew by
   ``exploding_growth`` from the first to the last quarter of the samples
   while the loss did not fall or spiked, or the first layer's gradient is
@@ -46,6 +49,7 @@ class GradientThresholds:
     exploding_growth: float = 100.0  # total gradient norm, last quarter / first quarter
     exploding_update_ratio: float = 1.0  # one step larger than the weights themselves
     flat_loss: float = 0.02  # relative drop of the loss from the start to the end of the run
+    faded_activation_ratio: float = 1e-2  # smallest layer's activation std / the first layer's
     spike_factor: float = 3.0  # a step's loss above this multiple of the recent median
     dead_fraction: float = 0.5
     saturated_fraction: float = 0.5
@@ -176,6 +180,14 @@ def activation_evidence(data: MonitorData) -> dict[str, Any]:
     saturated = {name: _median(_late(data.activation_saturated[:, i]))
                  for i, name in enumerate(data.activations)
                  if np.isfinite(data.activation_saturated[:, i]).any()}
+    stds = [_median(_late(data.activation_std[:, i])) for i in range(len(data.activations))]
+    if stds and stds[0]:
+        smallest = min((i for i, v in enumerate(stds) if v is not None), key=lambda i: stds[i])
+        evidence["activation_std_by_layer"] = dict(zip(data.activations, stds))
+        evidence["activation_std_first"] = stds[0]
+        evidence["activation_std_smallest"] = stds[smallest]
+        evidence["activation_std_smallest_layer"] = data.activations[smallest]
+        evidence["activation_std_ratio"] = stds[smallest] / stds[0]
     if dead:
         evidence["dead_fraction_by_layer"] = dead
         evidence["dead_fraction_mean"] = float(np.mean(list(dead.values())))
@@ -205,9 +217,25 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
     flat = drop is not None and drop < t.flat_loss
     first, last = evidence.get("first_layer"), evidence.get("last_layer")
 
-    # Vanishing: the first layer hears orders of magnitude less than the last.
-    if ratio is not None and (ratio < t.vanishing_ratio or (ratio < t.weak_vanishing_ratio
-                                                              and flat)):
+    # Vanishing: the first layer hears orders of magnitude less than the last, or the forward
+    # signal fades on its way to the output while nothing is learned.
+    faded = activations.get("activation_std_ratio")
+    gradient_vanishing = ratio is not None and (
+        ratio < t.vanishing_ratio or (ratio < t.weak_vanishing_ratio and flat))
+    if not gradient_vanishing and faded is not None and faded < t.faded_activation_ratio \
+            and flat:
+        first_std = activations["activation_std_first"]
+        faint = [name for name, value in activations["activation_std_by_layer"].items()
+                 if value is not None and value < first_std * t.faded_activation_ratio]
+        summary = (f"the forward signal fades: late in the run the activations of "
+                   f"{activations['activation_std_smallest_layer']} vary {faded:.2g} times as "
+                   f"much as the first layer's (standard deviation "
+                   f"{activations['activation_std_smallest']:.3g} against {first_std:.3g}), and "
+                   f"{_loss_change(drop)}; the weight gradients look balanced (first-to-last "
+                   f"ratio {_fmt(ratio)}) only because tiny activations meet large errors")
+        verdicts.append(Verdict(VANISHING, summary, faint, {**evidence, **activations},
+                                _vanishing_remedies(options)))
+    if gradient_vanishing:
         small = _vanishing_layers(evidence)
         loss_text = _loss_change(drop)
         summary = (f"the gradient norm of the first layer ({first}) is {ratio:.2g} times that "
@@ -276,7 +304,12 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
                    f"gradient-norm ratio {_fmt(ratio)}, gradient norm growth "
                    f"{_fmt(growth)}, loss drop {_fmt_percent(drop)}, "
                    f"{spikes} loss spikes")
-        verdicts.append(Verdict(NONE, summary, [], {**evidence, **activations}, []))
+        remedies = []
+        if flat:
+            summary += ("; yet the loss did not fall, for a reason the gradient checks do not "
+                        "see")
+            remedies = _flat_loss_remedies(options, data.training)
+        verdicts.append(Verdict(NONE, summary, [], {**evidence, **activations}, remedies))
     return verdicts
 
 
@@ -387,6 +420,17 @@ def _exploding_remedies(options: dict[str, Any], training: dict[str, Any]) -> li
         remedies.append("warm the learning rate up (--warmup-epochs 1)")
     if options.get("norm") in (None, "none"):
         remedies.append("add batch normalisation (--norm batch)")
+    return remedies
+
+
+def _flat_loss_remedies(options: dict[str, Any], training: dict[str, Any]) -> list[str]:
+    lr = training.get("lr")
+    remedies = ["try a learning rate ten times lower and ten times higher"
+                + (f" (--lr {lr / 10:g}, --lr {lr * 10:g})" if lr else "")]
+    if options.get("norm") in (None, "none"):
+        remedies.append("add batch normalisation (--norm batch)")
+    remedies.append("check that inputs are normalised and labels match the images "
+                    "(cnnlab augment preview, cnnlab evaluate)")
     return remedies
 
 

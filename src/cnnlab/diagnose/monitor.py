@@ -211,7 +211,10 @@ class GradientMonitor(Callback):
     watched). ``check_nonfinite``: the cheap per-step sentinel. On CUDA the
     sentinel synchronises only every ``cuda_check_every`` steps and at the
     last step of each epoch (before the checkpoint is written); it then
-    reports the first bad step, and the layer from the bad step it stopped at.
+    reports the first bad step, and the parameter from the step it stopped
+    at (``cuda_check_every=1`` checks at once and names the layer, as on the
+    CPU). Under float16 loss scaling gradients are reported unscaled and
+    only the output is checked, since the scaler handles Inf gradients.
 
     At the end of the run it writes figures next to its files, adds the
     gradient verdicts to the run summary (``gradient_verdicts``) and logs
@@ -279,7 +282,7 @@ class GradientMonitor(Callback):
         self._parameters: list[nn.Parameter] = []
         self._before: list[torch.Tensor] | None = None
         self._pending_row: dict[str, Any] | None = None
-        self._bad_step: torch.Tensor | None = None
+        self._bad_steps: dict[str, torch.Tensor] = {}  # deferred CUDA checks: first bad step
         self._trainer = None
         self._clock = time.perf_counter  # process CPU time on the CPU (see on_fit_start)
 
@@ -327,7 +330,7 @@ class GradientMonitor(Callback):
         sampled = step == self._next_sample and self._pending_row is not None
         if sampled:
             self._finish_sample(trainer, step, loss)
-        if self.check_nonfinite and trainer.device.type == "cuda":
+        if self.check_nonfinite and self._deferred(trainer):
             last_of_epoch = step % trainer.steps_per_epoch == 0
             if last_of_epoch or step % self.cuda_check_every == 0:
                 self._raise_if_bad_step(trainer)
@@ -462,6 +465,8 @@ class GradientMonitor(Callback):
         grad_norm = torch.stack([
             torch.linalg.vector_norm(g, dtype=torch.float64) if g is not None else zero * math.nan
             for g in grads])
+        if trainer.scaler.is_enabled():  # float16 loss scaling: report the true gradient
+            grad_norm = grad_norm / trainer.scaler.get_scale()
         weight_norm = torch.stack([torch.linalg.vector_norm(w, dtype=torch.float64)
                                    for w in weights])
         if self._before is None:
@@ -531,37 +536,50 @@ class GradientMonitor(Callback):
         trainer = self._trainer
         step = trainer.global_step + 1  # the trainer counts the step after the forward pass
         finite = torch.isfinite(output).all()
-        if trainer.device.type == "cuda":
-            self._note_bad_step(finite, step)
+        if self._deferred(trainer):
+            self._note_bad_step(finite, step, "output")
         elif not finite:
             self._stop_at_activation(module, inputs, step)
         self._spent += self._clock() - started
 
     def _check_gradients(self, trainer, step: int, grads: list[torch.Tensor | None]) -> None:
         present = [g for g in grads if g is not None]
-        if not present:
+        if not present or trainer.scaler.is_enabled():
+            # float16 loss scaling makes an occasional Inf gradient normal: the scaler skips
+            # that step and lowers its scale, so only the output check applies then.
             return
         # The largest magnitude is NaN or Inf exactly when an element is; it cannot overflow.
         finite = torch.isfinite(torch.stack(torch._foreach_norm(present, math.inf))).all()
-        if trainer.device.type == "cuda":
-            self._note_bad_step(finite, step)
-            return
-        if not finite:
+        if self._deferred(trainer):
+            self._note_bad_step(finite, step, "gradient")
+        elif not finite:
             self._stop_at_gradient(step, step)
 
-    def _note_bad_step(self, finite: torch.Tensor, step: int) -> None:
-        if self._bad_step is None:
-            self._bad_step = torch.zeros((), dtype=torch.long, device=finite.device)
-        first = (self._bad_step == 0) & ~finite
-        self._bad_step = torch.where(first, torch.full_like(self._bad_step, step),
-                                     self._bad_step)
+    def _deferred(self, trainer) -> bool:
+        """On CUDA a check per step would stall the GPU queue: keep the result on the device."""
+        return trainer.device.type == "cuda" and self.cuda_check_every > 1
+
+    def _note_bad_step(self, finite: torch.Tensor, step: int, kind: str) -> None:
+        # The first bad step, per kind, stays on the device until the next synchronisation.
+        if kind not in self._bad_steps:
+            self._bad_steps[kind] = torch.zeros((), dtype=torch.long, device=finite.device)
+        bad = self._bad_steps[kind]
+        first = (bad == 0) & ~finite
+        self._bad_steps[kind] = torch.where(first, torch.full_like(bad, step), bad)
 
     def _raise_if_bad_step(self, trainer) -> None:
-        if self._bad_step is None:
+        if not self._bad_steps:
             return
-        bad = int(self._bad_step)
-        if bad:
-            self._stop_at_gradient(bad, trainer.global_step)
+        found = {kind: int(step) for kind, step in self._bad_steps.items() if int(step)}
+        if not found:
+            return
+        kind = min(found, key=found.get)
+        if kind == "gradient":
+            self._stop_at_gradient(found[kind], trainer.global_step)
+        message = (f"the model's output became non-finite first at step {found[kind]} (seen at "
+                   f"step {trainer.global_step}); to name the layer, rerun with "
+                   "GradientMonitor(cuda_check_every=1), which checks every step")
+        self._stop(found[kind], "output", "activation", message)
 
     def _stop_at_activation(self, model: nn.Module, inputs: tuple, step: int) -> None:
         self._detach_hooks()

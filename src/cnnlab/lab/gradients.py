@@ -129,16 +129,10 @@ def _run_one(ctx: StudyContext, configuration: dict[str, Any], budget: dict[str,
             stopped = {"step": error.step, "where": error.where, "message": str(error)}
             history = trainer.history
         seconds = time.perf_counter() - started
-        verdicts = diagnose_run(out)
         last = history[-1] if history else {}
-        evidence = verdicts[0].evidence  # every verdict carries the same gradient numbers
         recorded = monitor.data()
         return {
             "run_dir": str(out.relative_to(ctx.out_dir)),
-            "verdicts": [v.kind for v in verdicts],
-            "summaries": [v.summary for v in verdicts],
-            "first_to_last_grad_ratio": evidence.get("first_to_last_grad_ratio"),
-            "loss_relative_drop": evidence.get("loss_relative_drop"),
             "val_accuracy": None if stopped else last.get("val_accuracy"),
             "fit_accuracy": None if stopped else last.get("fit_accuracy"),
             "val_accuracy_by_epoch": [row.get("val_accuracy") for row in history],
@@ -153,7 +147,19 @@ def _run_one(ctx: StudyContext, configuration: dict[str, Any], budget: dict[str,
         }
 
     key_config = {"spec": spec.to_dict(), "train": config.to_dict()}
-    return ctx.run_cached(configuration["key"], key_config, train)
+    result = dict(ctx.run_cached(configuration["key"], key_config, train))
+
+    # Verdicts are read from the run's files each time, so better rules need no retraining.
+    verdicts = diagnose_run(ctx.out_dir / result["run_dir"])
+    evidence = verdicts[0].evidence  # every verdict carries the same gradient numbers
+    result.update({
+        "verdicts": [v.kind for v in verdicts],
+        "summaries": [v.summary for v in verdicts],
+        "first_to_last_grad_ratio": evidence.get("first_to_last_grad_ratio"),
+        "loss_relative_drop": evidence.get("loss_relative_drop"),
+        "activation_std_ratio": evidence.get("activation_std_ratio"),
+    })
+    return result
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -165,6 +171,13 @@ def _fmt_accuracy(result: dict[str, Any]) -> str:
         return f"stopped at step {result['stopped']['step']}"
     value = result["val_accuracy"]
     return "n/a" if value is None else f"{value:.1%}"
+
+
+def _loss_change(result: dict[str, Any]) -> str:
+    drop = result.get("loss_relative_drop")
+    if drop is None:
+        return "its loss was not traced"
+    return f"its loss {'fell' if drop >= 0 else 'rose'} {abs(drop):.1%} over the run"
 
 
 def _orders(ratio: float | None, reference: float | None) -> float | None:
@@ -240,7 +253,7 @@ def run(ctx: StudyContext) -> StudyResult:
 def _findings(results: dict[str, dict[str, Any]], labels: dict[str, str], chance: float
               ) -> list[str]:
     findings = []
-    sigmoid = results["sigmoid"]
+    sigmoid, he = results["sigmoid"], results["he"]
 
     def accuracy(r):
         return r["val_accuracy"] if r["val_accuracy"] is not None else chance
@@ -300,6 +313,16 @@ def _findings(results: dict[str, dict[str, Any]], labels: dict[str, str], chance
                "budget")
             + f"; with batch norm instead it reached {_fmt_accuracy(results['residual'])}. "
             f"Verdict with clipping: {verdicts(clipped)}.")
+
+    if he["val_accuracy"] is not None and accuracy(he) < chance + 0.05:
+        findings.append(
+            f"The He network without normalisation did not learn in this budget "
+            f"({_fmt_accuracy(he)}), and the monitor found no gradient pathology in it "
+            f"(verdict {verdicts(he)}; gradient-norm ratio "
+            f"{_fmt_ratio(he['first_to_last_grad_ratio'])}, {_loss_change(he)}). Late in the "
+            f"run its smallest layer activation spread was {_fmt_ratio(he['activation_std_ratio'])}"
+            " of the first layer's: the signal thins out, but not by the two orders of "
+            "magnitude the monitor requires to call it vanishing. Batch norm fixed it.")
 
     # The monitor's cost, as it measured it.
     estimates = [r["monitor_overhead_estimate"] for r in results.values()
