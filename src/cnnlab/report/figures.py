@@ -59,7 +59,7 @@ def save_curves(
                 points = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
                 if not points:
                     continue
-                split_name = "validation" if split == "val" else split
+                split_name = {"val": "validation", "fit": "train (un-augmented)"}.get(split, split)
                 name = f"{label} {split_name}" if label else split_name
                 panel.plot(*zip(*points, strict=True), color=color, marker="o", markersize=3,
                            label=_plain(_shorten(name, LEGEND_CHARACTERS)), **style)
