@@ -92,8 +92,8 @@ def test_noise_has_the_requested_spread_and_is_clipped():
 
 def test_perturbed_accuracy_is_reproducible_and_clean_matches_plain_accuracy():
     generator = torch.Generator().manual_seed(0)
-    data = ArrayDataset(torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=generator),
-                        torch.randint(0, 3, (40,), generator=generator), ["a", "b", "c"],
+    images = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=generator)
+    data = ArrayDataset(images, torch.randint(0, 3, (40,), generator=generator), ["a", "b", "c"],
                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     model = _tiny_model()
     rows = perturbed_accuracy(model, data, DEFAULT_PERTURBATIONS, batch_size=16, device="cpu")

@@ -179,7 +179,8 @@ def _findings(rows: dict[str, dict], recipe: dict[str, Any]) -> list[str]:
         difference = a["test_accuracy"] - b["test_accuracy"]
         verdict = "within test-sampling noise" if abs(difference) < resolution else \
             ("higher" if difference > 0 else "lower")
-        return f"{a['test_accuracy']:.3f} vs {b['test_accuracy']:.3f} ({difference:+.3f}, {verdict})"
+        return (f"{a['test_accuracy']:.3f} vs {b['test_accuracy']:.3f} "
+                f"({difference:+.3f}, {verdict})")
 
     stride_claim = ("so the claim that a strided convolution can replace pooling held here"
                     if stride["test_accuracy"] > max_["test_accuracy"] - resolution else

@@ -1,4 +1,4 @@
-"""Study "robustness": accuracy under noise, shifts, rotations and FGSM, with and without augmentation.
+"""Study "robustness": accuracy under noise, shifts, rotations and FGSM, augmented or not.
 
 The claims under test: a CNN trained with geometric augmentation (shifts,
 rotations, flips) holds its accuracy better when test images are shifted or
