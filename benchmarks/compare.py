@@ -76,13 +76,13 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("lenet", "LeNet-5, no augmentation", "lenet5", False, 10000, 2000, 3, 2000, 1000),
-    Workload("lenet-augment", "LeNet-5, Keras augmentation preset", "lenet5", True, 10000, 2000,
-             3, 2000, 1000),
+    Workload("lenet", "LeNet-5, no augmentation", "lenet5", False, 5000, 2000, 3, 1000, 500),
+    Workload("lenet-augment", "LeNet-5, Keras augmentation preset", "lenet5", True, 5000, 2000,
+             3, 1000, 500),
     # ResNet-18 at 32x32 costs about 1.7 GFLOP per training image: hundreds, not thousands.
-    Workload("resnet18", "ResNet-18 (CIFAR stem)", "resnet18", False, 256, 256, 1, 64, 64),
-    Workload("transfer", "frozen ResNet-18 at 64x64, linear head", "transfer", False, 2000,
-             1000, 3, 500, 500),
+    Workload("resnet18", "ResNet-18 (CIFAR stem)", "resnet18", False, 128, 128, 2, 32, 32),
+    Workload("transfer", "frozen ResNet-18 at 64x64, linear head", "transfer", False, 1000,
+             1000, 3, 256, 256),
 )
 
 
