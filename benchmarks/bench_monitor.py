@@ -13,10 +13,10 @@ the work. Writing the monitor's files and figures at the end of a run is a
 one-off cost, printed in its own columns.
 
 ResNet-18 is torchvision's with the CIFAR stem (3x3, no max pool) on a small
-subset at batch 64 (8 steps with the default 512 images), since one CPU
+subset at batch 64 (6 steps with the default 384 images), since one CPU
 epoch over 45,000 images takes hours; a smaller batch makes the monitor's
 share larger, not smaller, because its per-parameter work does not shrink.
-Run: ``python benchmarks/bench_monitor.py [--lenet-images 45000] [--resnet-images 512]
+Run: ``python benchmarks/bench_monitor.py [--lenet-images 45000] [--resnet-images 384]
 [--repeats 2] [--threads 1]``. Check ``uptime`` first.
 """
 
@@ -141,7 +141,7 @@ def torch_arange(count: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenet-images", type=int, default=45_000)
-    parser.add_argument("--resnet-images", type=int, default=512)
+    parser.add_argument("--resnet-images", type=int, default=384)
     parser.add_argument("--resnet-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)

@@ -207,8 +207,9 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
     use); both are optional.
     """
     t = thresholds
-    evidence = {**gradient_evidence(data), **loss_evidence(data, history, t)}
     activations = activation_evidence(data)
+    # Every verdict carries all the numbers, so any one of them can be read alone.
+    evidence = {**gradient_evidence(data), **loss_evidence(data, history, t), **activations}
     options = _options(data, run_config)
     verdicts: list[Verdict] = []
 
@@ -233,7 +234,7 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
                    f"{activations['activation_std_smallest']:.3g} against {first_std:.3g}), and "
                    f"{_loss_change(drop)}; the weight gradients look balanced (first-to-last "
                    f"ratio {_fmt(ratio)}) only because tiny activations meet large errors")
-        verdicts.append(Verdict(VANISHING, summary, faint, {**evidence, **activations},
+        verdicts.append(Verdict(VANISHING, summary, faint, evidence,
                                 _vanishing_remedies(options)))
     if gradient_vanishing:
         small = _vanishing_layers(evidence)
@@ -284,7 +285,7 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
         summary = (f"{len(dead)} ReLU layer(s) have at least {t.dead_fraction:.0%} dead "
                    f"channels (zero for the whole batch) late in the run; worst {worst} with "
                    f"{dead[worst]:.0%}")
-        verdicts.append(Verdict(DEAD_UNITS, summary, list(dead), {**evidence, **activations},
+        verdicts.append(Verdict(DEAD_UNITS, summary, list(dead), evidence,
                                 _dead_remedies(options, data.training)))
 
     saturated = {name: value for name, value in activations.get(
@@ -297,7 +298,7 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
                    f"where the derivative is near zero; worst {worst} with "
                    f"{saturated[worst]:.0%}")
         verdicts.append(Verdict(SATURATION, summary, list(saturated),
-                                {**evidence, **activations}, _saturation_remedies(options)))
+                                evidence, _saturation_remedies(options)))
 
     if not verdicts:
         summary = ("no vanishing, exploding, dead or saturated units found: first-to-last "
@@ -309,7 +310,7 @@ def diagnose(data: MonitorData, history: list[dict] | None = None,
             summary += ("; yet the loss did not fall, for a reason the gradient checks do not "
                         "see")
             remedies = _flat_loss_remedies(options, data.training)
-        verdicts.append(Verdict(NONE, summary, [], {**evidence, **activations}, remedies))
+        verdicts.append(Verdict(NONE, summary, [], evidence, remedies))
     return verdicts
 
 

@@ -270,7 +270,6 @@ class GradientMonitor(Callback):
         self.gap_history: list[tuple[int, int]] = []  # (step, gap chosen there)
         self._min_gap = every or 1
         self._next_sample = 1
-        self._sampling_now = False
         self._samples_seen = 0
         self._last_time: float | None = None
         self._last_flush = time.perf_counter()

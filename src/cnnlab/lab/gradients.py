@@ -226,7 +226,7 @@ def run(ctx: StudyContext) -> StudyResult:
         r = results[configuration["key"]]
         panels[configuration["label"]] = load_monitor(ctx.out_dir / r["run_dir"])
     heatmaps = save_gradient_heatmaps(panels, ctx.out_dir / "gradient_heatmaps.png",
-                                      columns=3)
+                                      columns=4)
     curves = save_curves({labels[k]: r["history"] for k, r in results.items() if r["history"]},
                          ctx.out_dir / "validation_curves.png", title="training curves",
                          train="fit")
