@@ -2,19 +2,85 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cnnlab._util import CnnlabError
 
 
 def run_task(args) -> int:
     if args.task == "binary":
         return train_binary_cli(args)
+    if args.task == "segment":
+        return train_segment_cli(args)
+    if args.task in ("text", "speech", "tabular"):
+        return train_beyond_cli(args)
     raise CnnlabError(f"--task {args.task} is not available in this version of the CLI")
 
 
 def evaluate_task(args, task: str) -> int:
     if task == "binary":
         return evaluate_binary_cli(args)
+    if task == "segment":
+        import json
+
+        from cnnlab.train.segmentation import evaluate_segmentation
+
+        result = evaluate_segmentation(args.run, device=args.device)
+        print(json.dumps(result, indent=2, default=str) if args.json else _format_flat(result))
+        return 0
     raise CnnlabError(f"evaluating {task} runs is not available in this version of the CLI")
+
+
+def _format_flat(result: dict) -> str:
+    return "\n".join(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}"
+                     for key, value in result.items() if not isinstance(value, (dict, list)))
+
+
+def train_segment_cli(args) -> int:
+    """``cnnlab train --task segment --data seg-membrane --loss iou``."""
+    import json
+
+    from cnnlab.train.segmentation import train_segmentation
+
+    model = "unet_tiny" if args.model == "lenet5" else args.model
+    out = args.out or f"runs/segment-{args.loss}-{Path(args.data).name or 'data'}"
+    data = "seg-membrane" if args.data == "cifar10" else args.data
+    result = train_segmentation(data, args.loss, out, args.epochs, model=model, size=args.resize,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                device=args.device, threads=args.threads,
+                                progress=not (args.quiet or args.jsonl))
+    metrics = result.summary.get("segmentation", {})
+    if args.jsonl:
+        print(json.dumps({"event": "summary", "run": out, **metrics}, default=str))
+    else:
+        print(f"run: {out}")
+        print(_format_flat(metrics))
+    return 0
+
+
+def train_beyond_cli(args) -> int:
+    """``cnnlab train --task text|speech|tabular --data PATH``: the CNN beside its baseline."""
+    import json
+
+    common = dict(epochs=args.epochs, seed=args.seed, device=args.device,
+                  out_dir=args.out or f"runs/{args.task}-{Path(args.data).name or 'data'}",
+                  progress=not (args.quiet or args.jsonl))
+    if args.task == "text":
+        from cnnlab.lab.text import train_text
+
+        result = train_text(args.data, **common)
+    elif args.task == "speech":
+        from cnnlab.lab.speech import train_speech
+
+        result = train_speech(args.data, pattern=args.pattern, **common)
+    else:
+        if not args.target:
+            raise CnnlabError("--task tabular needs --target COLUMN, the column to predict")
+        from cnnlab.lab.tabular import train_tabular
+
+        result = train_tabular(args.data, target=args.target, **common)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
 
 
 def train_binary_cli(args) -> int:

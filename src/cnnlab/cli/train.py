@@ -134,6 +134,14 @@ def add_parser(subparsers) -> None:
                         "per 10,000 parts (default: the share in the data)")
     # ---- end of binary task options ----
 
+    other = parser.add_argument_group("segment, text, speech and tabular tasks")
+    other.add_argument("--loss", default="bce",
+                       help="segment: bce, iou, dice, bce+dice, lovasz or focal")
+    other.add_argument("--target", default=None, help="tabular: the target column of the CSV")
+    other.add_argument("--pattern", default=None,
+                       help="speech: a regular expression with a named group 'label' matched "
+                       "against each WAV file name")
+
     run = parser.add_argument_group("running")
     run.add_argument("--preset", choices=("fast",), default=None,
                      help="fast: the accuracy-per-minute CIFAR-10 recipe (cnnlab.runs.fast); "
@@ -280,6 +288,9 @@ def print_summary(summary: dict, out: str, as_json: bool) -> None:
           f"{summary['peak_memory_bytes'] / 2**20:,.0f} MiB")
     if verdict:
         print(f"fit: {verdict['verdict']}: {verdict['reason']}")
+    for gradient in summary.get("gradient_verdicts") or []:
+        if isinstance(gradient, dict) and gradient.get("kind") not in (None, "none"):
+            print(f"gradients: {gradient['kind']}: {gradient.get('summary') or gradient}")
 
 
 # ---- transfer options (cnnlab.runs.transfer, cnnlab.models.backbones) ----------------------
