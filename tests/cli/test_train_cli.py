@@ -91,3 +91,18 @@ def test_unwritable_run_directory_fails_before_training(image_folder, tmp_path, 
     assert code == 2
     assert "cannot write to the run directory" in capsys.readouterr().err
     assert blocker.read_text().startswith("a file")  # nothing already there was touched
+
+
+def test_tabular_task_without_a_target_column_says_what_to_pass(tmp_path, capsys):
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b\n1,x\n2,y\n")
+    code = main(["train", "--task", "tabular", "--data", str(csv), "--out", str(tmp_path / "r"),
+                 "--quiet"])
+    assert code == 2
+    assert "--target COLUMN" in capsys.readouterr().err
+
+
+def test_evaluate_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    code = main(["evaluate", str(tmp_path)])
+    assert code == 2
+    assert "not a cnnlab run" in capsys.readouterr().err
