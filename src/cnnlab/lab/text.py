@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 # Published test accuracies (%) of CNN-rand, Kim (2014), Table 2.
 KIM_2014_CNN_RAND = {"MR": 76.1, "TREC": 91.2}
 
+# TREC has half MR's sentences at half the length: in the first cpu run its validation loss
+# was still falling after 3 epochs (0.77, 0.54, 0.44), and 8 TREC epochs cost about as much
+# as 3 MR epochs.
+TREC_EPOCHS = 8
+
 # The training recipe, in one place.
 TEXT_RECIPE: dict[str, Any] = {
     "model": "text_cnn",  # Kim's CNN-rand: 300-d embeddings, widths 3/4/5, 100 maps, dropout 0.5
@@ -159,6 +164,7 @@ def run(ctx: StudyContext) -> StudyResult:
     recipe = dict(TEXT_RECIPE)
     recipe["model"] = ctx.pick(smoke="text_cnn_tiny", cpu="text_cnn", full="text_cnn")
     recipe["epochs"] = ctx.pick(smoke=1, cpu=3, full=3)
+    trec_recipe = dict(recipe, epochs=ctx.pick(smoke=1, cpu=TREC_EPOCHS, full=TREC_EPOCHS))
     mr_folds_used = ctx.pick(smoke=2, cpu=3, full=10)
     limit = ctx.pick(smoke=400, cpu=None, full=None)  # sentences per dataset in smoke
 
@@ -193,8 +199,9 @@ def run(ctx: StudyContext) -> StudyResult:
         trec_train = trec_train.subset(
             stratified_holdout(trec_train.labels, limit / len(trec_train), seed=ctx.seed)[1])
     config = {"recipe": recipe, "seed": ctx.seed, "n": len(trec_train)}
-    trec_cnn = ctx.run_cached("trec-cnn", config, lambda _dir: _storable(
-        fit_text_cnn(trec_train, trec_test, recipe=recipe, seed=ctx.seed, device=ctx.device)))
+    trec_cnn = ctx.run_cached("trec-cnn", dict(config, recipe=trec_recipe), lambda _dir: _storable(
+        fit_text_cnn(trec_train, trec_test, recipe=trec_recipe, seed=ctx.seed,
+                     device=ctx.device)))
     trec_tfidf = ctx.run_cached("trec-tfidf", config, lambda _dir: _storable(
         fit_tfidf(trec_train, trec_test, seed=ctx.seed)))
 
@@ -218,7 +225,8 @@ def run(ctx: StudyContext) -> StudyResult:
         ],
         caption=("± is the standard deviation over folds. Published figures are Kim's, with "
                  "Adadelta, 25 epochs and early stopping; ours use Adam for "
-                 f"{recipe['epochs']} epochs (see setup). TF-IDF + LR over all 10 MR folds: "
+                 f"{recipe['epochs']} epochs on MR and {trec_recipe['epochs']} on TREC (see "
+                 "setup). TF-IDF + LR over all 10 MR folds: "
                  f"{tfidf_all_mean:.1f} ± {tfidf_all_std:.1f}."),
     )
     per_fold = Table(
@@ -260,10 +268,18 @@ def run(ctx: StudyContext) -> StudyResult:
             else (" - a gap larger than the fold spread; our shorter Adam schedule and fixed "
                   "epoch count are the first suspects." if anchor_gap < 0 else ".")))
     trec_gap = trec_cnn_acc - trec_tfidf_acc
+    trec_anchor_gap = trec_cnn_acc - KIM_2014_CNN_RAND["TREC"]
     findings.append(
         f"TREC (500 test questions, so one question is 0.2 points): CNN {trec_cnn_acc:.1f}%, "
         f"TF-IDF + LR {trec_tfidf_acc:.1f}% ({trec_gap:+.1f}), published CNN-rand "
-        f"{KIM_2014_CNN_RAND['TREC']}%."
+        f"{KIM_2014_CNN_RAND['TREC']}% ({trec_anchor_gap:+.1f})."
+        + (" The published figure is reproduced within about a point." if
+           abs(trec_anchor_gap) <= 1.5 else
+           " The gap to the published figure is several questions' worth; Kim trained for "
+           "25 epochs with early stopping, we for "
+           f"{trec_recipe['epochs']} (final validation accuracy "
+           f"{100 * trec_cnn['history'][-1]['val_accuracy']:.1f}%)." if trec_anchor_gap < 0
+           else "")
     )
     if len(folds) < 10:
         shift = tfidf_mean - tfidf_all_mean
@@ -294,6 +310,7 @@ def run(ctx: StudyContext) -> StudyResult:
     }
     setup = {
         "profile": ctx.profile, "seed": ctx.seed, "recipe": recipe,
+        "trec_epochs": trec_recipe["epochs"],
         "mr": f"{len(mr)} sentences, seeded stratified 10-fold partition, {mr_protocol}",
         "trec": f"{len(trec_train)} train / {len(trec_test)} test questions, 6 coarse classes",
         "baseline": "TF-IDF word 1-2-grams + char 2-5-grams, logistic regression C=4",
