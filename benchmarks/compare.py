@@ -32,7 +32,7 @@ max RSS of the process plus its children (DataLoader workers), and test
 accuracy after the last epoch on a fixed stratified subset of the test split.
 
 Run: ``python benchmarks/compare.py [--quick] [--images N] [--test-images M]
-[--epochs E] [--only NAME ...] [--threads T]``. ``--quick`` finishes in a
+[--epochs E] [--only NAME ...] [--threads T] [--repeats R]``. ``--quick`` finishes in a
 few minutes on 2 cores. The machine is usually shared: the load average is
 printed before and after, and only the ratios, measured in one invocation,
 should be compared across machines.
@@ -198,6 +198,32 @@ def compute_ratios(results: list[Measurement]) -> list[Ratio]:
                                theirs.test_images),
                 TARGETS.get((workload, versus))))
     return ratios
+
+
+def rotated(pipelines: list[str], round_index: int) -> list[str]:
+    """The pipelines in round ``round_index``'s order: each goes first in turn.
+
+    On a shared machine the load drifts during an invocation; a fixed order
+    would hand the same pipeline the same share of that drift every time.
+    """
+    shift = round_index % len(pipelines) if pipelines else 0
+    return list(pipelines[shift:]) + list(pipelines[:shift])
+
+
+def median_measurement(runs: list[Measurement]) -> Measurement:
+    """The run with the median images/s (the lower middle one for an even count).
+
+    A skipped run counts only when every run was skipped.
+    """
+    done = sorted((m for m in runs if m.ok), key=lambda m: m.images_per_second)
+    if not done:
+        return runs[0]
+    chosen = done[(len(done) - 1) // 2]
+    if len(runs) > 1:
+        speeds = ", ".join(f"{m.images_per_second:,.0f}" for m in done)
+        summary = f"median of {len(done)} runs (images/s {speeds})"
+        chosen.notes = "; ".join(filter(None, [chosen.notes, summary]))
+    return chosen
 
 
 def _number(value: float, spec: str) -> str:
@@ -639,6 +665,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="a workload (lenet, lenet-augment, resnet18, transfer) or pipeline "
                         "(cnnlab, dataloader, keras); repeatable")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each variant, in rotated order (the load drifts); the "
+                        "table shows the run with the median images/s")
     parser.add_argument("--threads", type=int, default=1,
                         help="compute threads per variant (torch, TensorFlow)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -676,14 +705,17 @@ def main() -> None:
             spec = prepare(workload, images, test_images, args, folder)
             if workload.model == "transfer":
                 print(f"transfer backbone: {spec['backbone_description']}")
-            for pipeline in pipelines:
-                measurement = run_variant(spec, pipeline, folder, keras, keras_reason,
-                                          args.child_timeout)
-                results.append(measurement)
-                state = measurement.skipped or (
-                    f"{measurement.images_per_second:,.0f} images/s, test accuracy "
-                    f"{measurement.test_accuracy:.4f}")
-                print(f"  {workload.name:<14} {pipeline:<10} {state}", flush=True)
+            rounds: dict[str, list[Measurement]] = {pipeline: [] for pipeline in pipelines}
+            for round_index in range(args.repeats):
+                for pipeline in rotated(pipelines, round_index):
+                    measurement = run_variant(spec, pipeline, folder, keras, keras_reason,
+                                              args.child_timeout)
+                    rounds[pipeline].append(measurement)
+                    state = measurement.skipped or (
+                        f"{measurement.images_per_second:,.0f} images/s, test accuracy "
+                        f"{measurement.test_accuracy:.4f}")
+                    print(f"  {workload.name:<14} {pipeline:<10} {state}", flush=True)
+            results.extend(median_measurement(rounds[pipeline]) for pipeline in pipelines)
 
     print()
     print(format_results(results))

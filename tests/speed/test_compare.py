@@ -154,3 +154,20 @@ def test_only_selects_workloads_and_pipelines(compare, only, workloads, pipeline
 def test_only_with_an_unknown_name_says_what_exists(compare):
     with pytest.raises(SystemExit, match="lenet-augment"):
         compare.select(["lenet-fast"])
+
+
+@pytest.mark.parametrize("round_index, order", [
+    (0, ["cnnlab", "dataloader", "keras"]), (1, ["dataloader", "keras", "cnnlab"]),
+    (2, ["keras", "cnnlab", "dataloader"]), (3, ["cnnlab", "dataloader", "keras"])])
+def test_each_pipeline_goes_first_in_turn(compare, round_index, order):
+    assert compare.rotated(["cnnlab", "dataloader", "keras"], round_index) == order
+
+
+def test_repeats_keep_the_run_with_the_median_speed(compare):
+    runs = [measured(compare, "resnet18", "cnnlab", [seconds], 0.1) for seconds in (4.0, 1.0, 2.0)]
+    chosen = compare.median_measurement(runs)
+    assert chosen.train_seconds == 2.0
+    assert "median of 3 runs (images/s 250, 500, 1,000)" in chosen.notes
+    skipped = compare.Measurement("resnet18", "keras", skipped="no Keras")
+    assert compare.median_measurement([skipped, skipped]).skipped == "no Keras"
+    assert compare.median_measurement([skipped, runs[1]]).train_seconds == 1.0
