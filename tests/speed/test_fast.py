@@ -10,6 +10,7 @@ from torch import nn
 
 from cnnlab._util import CnnlabError
 from cnnlab.data import ArrayDataset
+from cnnlab.runs import evaluate_run
 from cnnlab.runs.fast import (
     FastRecipe,
     Milestone,
@@ -158,6 +159,10 @@ def test_train_fast_records_test_accuracy_and_milestones(tiny_npz, tmp_path):
     # history.json on disk carries the report's columns for the last epoch too
     stored = json.loads((out / "history.json").read_text())
     assert "test_tta_accuracy" in stored[-1]
+    # the run directory is an ordinary one: evaluate rebuilds the model and agrees
+    evaluated = evaluate_run(out, device="cpu", write_figures=False)
+    assert evaluated["samples"] == 40
+    assert evaluated["accuracy"] == pytest.approx(summary["test"]["accuracy"])
 
 
 def test_train_fast_with_a_budget_chooses_epochs_up_front(tiny_npz):

@@ -43,6 +43,7 @@ from cnnlab._util import CnnlabError, resolve_device, seed_everything, write_jso
 from cnnlab.augment import build_augment
 from cnnlab.data import ArrayDataset, find_dataset, limit, load_images
 from cnnlab.models import build_model
+from cnnlab.runs.image import RunSpec
 from cnnlab.train import Callback, RunResult, TrainConfig, Trainer, prepare_inputs
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,12 @@ def load_fast_data(data: str | Path, limit_train: int | None, limit_test: int | 
     return train, test
 
 
+def _run_spec(recipe: FastRecipe, data: str | Path, limit_train: int | None) -> RunSpec:
+    """The run as an image-classification spec, so that ``cnnlab evaluate RUN`` rebuilds it."""
+    return RunSpec(model=recipe.model, model_options=dict(recipe.model_options), data=str(data),
+                   augment=recipe.augment, limit=limit_train)
+
+
 def train_fast(data: str | Path = "cifar10", out: str | Path | None = None, *,
                epochs: int | None = None, minutes_budget: float | None = None,
                recipe: FastRecipe = FAST_RECIPE, limit_train: int | None = None,
@@ -297,7 +304,8 @@ def train_fast(data: str | Path = "cifar10", out: str | Path | None = None, *,
 
     ``out`` receives the trainer's files (config.json, metrics.csv,
     checkpoint.pt) and ``summary.json`` and ``history.json`` with the test
-    accuracies and the time-to-accuracy milestones. ``result.summary`` has
+    accuracies and the time-to-accuracy milestones; ``cnnlab evaluate OUT``
+    works on it. ``result.summary`` has
     ``time_to_accuracy`` (a list of :class:`Milestone` dicts), ``test``
     (final, with flips and without) and the recipe.
 
@@ -331,8 +339,8 @@ def train_fast(data: str | Path = "cifar10", out: str | Path | None = None, *,
                       augment=build_augment(recipe.augment, seed=seed), run_dir=out,
                       callbacks=[report, *callbacks],
                       extra_config={"preset": "fast", "recipe": recipe.to_dict(),
-                                    "run": {"data": str(data), "limit": limit_train,
-                                            "test_limit": limit_test}})
+                                    "run": _run_spec(recipe, data, limit_train).to_dict(),
+                                    "test_limit": limit_test})
     result = trainer.fit()
 
     milestones = time_to_accuracy(result.history, thresholds)
