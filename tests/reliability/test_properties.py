@@ -1,4 +1,4 @@
-"""Property-based checks: the config loader and the CLI never fail with anything but a clear error."""
+"""Property-based checks: the config loader and the CLI fail only with clear errors."""
 
 import pytest
 from hypothesis import given, settings

@@ -81,12 +81,14 @@ def window(span: Span, kernel: int, stride: int, padding: int, dilation: int = 1
         hi=span.hi + (reach - padding) * span.jump,
         jump=span.jump * stride,
         step=None if span.step is None else span.step * stride,
-        centre=None if span.step is None else span.centre + span.step * (Fraction(reach, 2) - padding),
+        centre=None if span.step is None
+        else span.centre + span.step * (Fraction(reach, 2) - padding),
         dense=dense,
     )
 
 
-def transposed_window(span: Span, kernel: int, stride: int, padding: int, dilation: int = 1) -> Span:
+def transposed_window(span: Span, kernel: int, stride: int, padding: int,
+                      dilation: int = 1) -> Span:
     """A transposed convolution: the output is ``stride`` times finer than the input.
 
     Output unit ``o`` receives input units ``i`` with ``i*stride - padding +

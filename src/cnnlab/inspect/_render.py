@@ -48,7 +48,7 @@ def _joined(values: Sequence[str]) -> str:
 
 
 def format_field(row: LayerRow) -> str:
-    """The receptive field size: ``7``, ``7x5``; ``≤`` marks a bound, ``∪`` a flattened union."""
+    """The receptive field size: ``7``, ``7x5``; ``≤`` marks a bound, ``∪`` a flat union."""
     if row.spans is None:
         return "?" if row.field_unknown else "-"
     return _joined([_span_size(span) for span in row.spans])

@@ -227,7 +227,10 @@ def _finish_run_dir(run_dir: Path, trainer: Trainer, result: RunResult) -> None:
 
 
 def load_run_model(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a run's model from ``config.json`` and load ``model.safetensors`` (or the checkpoint).
+    """Rebuild a run's model from ``config.json`` and load its weights.
+
+    The weights come from ``model.safetensors``, or from the checkpoint when the
+    run stopped before finishing.
 
     Returns ``(model, config)``. Weights are read safely (safetensors, or
     ``weights_only=True`` for the checkpoint).
@@ -246,7 +249,6 @@ def load_run_model(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.M
     data = config["data"]
     options = dict(spec.model_options)
     options.setdefault("num_classes", len(data["classes"]))
-    model_probe = None
     if (run_dir / "model.safetensors").exists():
         state = load_file(str(run_dir / "model.safetensors"), device=device)
     elif (run_dir / "checkpoint.pt").exists():
@@ -260,9 +262,9 @@ def load_run_model(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.M
             break
     if spec.model == "lenet5" and spec.resize:
         options.setdefault("input_size", spec.resize)
-    model_probe = build_model(spec.model, **options)
-    model_probe.load_state_dict(state)
-    return model_probe.to(device), config
+    model = build_model(spec.model, **options)
+    model.load_state_dict(state)
+    return model.to(device), config
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "auto",

@@ -78,8 +78,10 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1,
              f"--label-smoothing (label_smoothing) must be in [0, 1), got "
              f"{self.label_smoothing}")
-        need(self.weight_decay >= 0, f"--weight-decay (weight_decay) must be >= 0, got {self.weight_decay}")
-        need(self.warmup_epochs >= 0, f"--warmup-epochs (warmup_epochs) must be >= 0, got {self.warmup_epochs}")
+        need(self.weight_decay >= 0,
+             f"--weight-decay (weight_decay) must be >= 0, got {self.weight_decay}")
+        need(self.warmup_epochs >= 0,
+             f"--warmup-epochs (warmup_epochs) must be >= 0, got {self.warmup_epochs}")
         need(self.clip_norm is None or self.clip_norm > 0,
              f"--clip-norm (clip_norm) must be > 0, got {self.clip_norm}")
         need(self.clip_value is None or self.clip_value > 0,
