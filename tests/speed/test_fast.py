@@ -166,7 +166,7 @@ def test_train_fast_records_test_accuracy_and_milestones(tiny_npz, tmp_path):
 
 
 def test_train_fast_with_a_budget_chooses_epochs_up_front(tiny_npz):
-    result = train_fast(str(tiny_npz), None, minutes_budget=0.05, recipe=TINY, device="cpu",
+    result = train_fast(str(tiny_npz), None, minutes_budget=0.003, recipe=TINY, device="cpu",
                         threads=1, limit_train=64, limit_test=16)
     budget = result.summary["budget"]
     assert budget["epochs"] == len(result.history) >= 1
