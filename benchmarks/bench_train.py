@@ -12,9 +12,13 @@ epoch seconds and peak memory for each, with the ratios:
 
 Same model, batch size (128) and optimiser (Adam, lr 1e-3) everywhere. Each
 variant runs in its own process so peak memory (max RSS) is its own.
-Run: ``python benchmarks/bench_train.py [--images 45000] [--threads 2]``.
-Check ``uptime`` first: on a busy 2-core machine absolute numbers collapse;
-the ratios, measured in one invocation, are what to compare.
+Run: ``python benchmarks/bench_train.py [--images 45000] [--threads 2] [--repeats 3]``.
+With repeats, each round runs the four variants in a rotated order (each goes
+first once in four rounds) and the table keeps each variant's median run:
+the load on a shared machine drifts within an invocation, and one run of a
+one-epoch benchmark can move by a third. Check ``uptime`` first: on a busy
+2-core machine absolute numbers collapse; the ratios, measured in one
+invocation, are what to compare.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+# compare.py sits beside this script; its run-order and memory helpers serve both.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import peak_memory_mib, rotated  # noqa: E402
 
 VARIANTS = ["cnnlab-plain", "cnnlab-keras", "dataloader-plain", "dataloader-keras"]
 
@@ -90,16 +100,18 @@ def run_dataloader(images: int, augmented: bool, threads: int) -> dict:
     return {"seconds": seconds, "images": len(data)}
 
 
-def child(variant: str, images: int, threads: int) -> None:
-    import resource
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median images/s (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["images"] / r["seconds"])
+    return ordered[(len(ordered) - 1) // 2]
 
+
+def child(variant: str, images: int, threads: int) -> None:
     kind, preset = variant.split("-")
     runner = run_cnnlab if kind == "cnnlab" else run_dataloader
     result = runner(images, preset == "keras", threads)
     # Children (DataLoader workers) count too: the pipeline's memory is theirs as well.
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result["peak_memory_mib"] = (own + children) / 1024
+    result["peak_memory_mib"] = peak_memory_mib()
     result["variant"] = variant
     print(json.dumps(result))
 
@@ -108,24 +120,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=45000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of all four variants; the median run of each is kept")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         child(args.variant, args.images, args.threads)
         return
 
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    results = {}
-    for variant in VARIANTS:
-        output = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--images", str(args.images),
-             "--threads", str(args.threads)], check=True, capture_output=True, text=True).stdout
-        results[variant] = json.loads(output.strip().splitlines()[-1])
-    print(f"{'variant':<18} {'images/s':>9} {'epoch s':>8} {'peak MiB':>9}")
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, "
+          f"{args.repeats} round(s) of {len(VARIANTS)} variants")
+    runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
+    for round_index in range(args.repeats):
+        for variant in rotated(VARIANTS, round_index):
+            output = subprocess.run(
+                [sys.executable, __file__, "--variant", variant, "--images", str(args.images),
+                 "--threads", str(args.threads)],
+                check=True, capture_output=True, text=True).stdout
+            runs[variant].append(json.loads(output.strip().splitlines()[-1]))
+    results = {variant: median_run(variant_runs) for variant, variant_runs in runs.items()}
+    print(f"{'variant':<18} {'images/s':>9} {'epoch s':>8} {'peak MiB':>9}  all runs (images/s)")
     for variant, r in results.items():
         r["images_per_second"] = r["images"] / r["seconds"]
+        every = ", ".join(f"{x['images'] / x['seconds']:,.0f}" for x in runs[variant])
         print(f"{variant:<18} {r['images_per_second']:>9,.0f} {r['seconds']:>8.1f} "
-              f"{r['peak_memory_mib']:>9,.0f}")
+              f"{r['peak_memory_mib']:>9,.0f}  {every}")
 
     def speed(name: str) -> float:
         return results[name]["images_per_second"]
