@@ -9,6 +9,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,10 +106,10 @@ def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads and return the count in force.
 
     ``None`` means: ``$CNNLAB_THREADS`` if set, else one thread per core that
-    other processes leave idle (cores minus the 1-minute load average, at
-    least one). On a busy 2-core machine two OpenMP threads that must wait
-    for each other run up to ten times slower than one thread, while one
-    thread degrades gracefully, so the default backs off under load.
+    other processes leave idle (see :func:`default_threads`). On a busy 2-core
+    machine two OpenMP threads that must wait for each other run up to ten
+    times slower than one thread, while one thread degrades gracefully, so the
+    default backs off under load.
     """
     import torch
 
@@ -122,14 +123,56 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+# (monotonic seconds, this process's CPU seconds) samples, oldest first; the first is taken
+# when this module is imported, which every cnnlab entry point does before any work.
+_CPU_SAMPLES: list[tuple[float, float]] = []
+_LOAD_WINDOW = 60.0  # seconds: the span the kernel's 1-minute load average mostly covers
+
+
+def _process_cpu_seconds() -> float:
+    """User plus system CPU seconds of every thread of this process (children excluded)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def own_busy_cores() -> float:
+    """How many cores this process kept busy over about the last minute.
+
+    The kernel's load average counts this process's own threads too, so a
+    long job (a lab running one training after another) that read it raw
+    would see its own previous run as "other work" and back off to one
+    thread on an otherwise idle machine. The rate is this process's CPU
+    seconds per wall second since the recorded sample nearest to a minute
+    ago (or since import, in a younger process).
+    """
+    now, cpu = time.monotonic(), _process_cpu_seconds()
+    if not _CPU_SAMPLES:
+        _CPU_SAMPLES.append((now, cpu))
+        return 0.0
+    # The sample whose age is closest to the load average's window.
+    then, cpu_then = min(_CPU_SAMPLES, key=lambda sample: abs(now - sample[0] - _LOAD_WINDOW))
+    _CPU_SAMPLES.append((now, cpu))
+    # Keep the oldest sample and those a later call could still pick.
+    recent = [sample for sample in _CPU_SAMPLES[1:] if now - sample[0] <= 2 * _LOAD_WINDOW]
+    _CPU_SAMPLES[:] = _CPU_SAMPLES[:1] + recent
+    elapsed = now - then
+    return (cpu - cpu_then) / elapsed if elapsed >= 1.0 else 0.0
+
+
 def default_threads() -> int:
-    """Cores not busy with other work: ``cores - round(load average)``, at least 1."""
+    """Cores that other processes leave idle, at least 1.
+
+    Other processes' demand is the 1-minute load average minus what this
+    process itself contributed to it (:func:`own_busy_cores`).
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     try:
-        busy = round(os.getloadavg()[0])
+        load = os.getloadavg()[0]
     except OSError:
-        busy = 0
-    return max(1, min(cores or 1, (cores or 1) - busy))
+        load = 0.0
+    others = max(0.0, load - own_busy_cores())
+    return max(1, min(cores, cores - round(others)))
 
 
 def peak_memory_bytes(device=None) -> int:
@@ -156,3 +199,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+own_busy_cores()  # the first sample: this process's CPU time when cnnlab was imported
