@@ -51,10 +51,10 @@ def _recipe(ctx: StudyContext) -> dict[str, Any]:
     """Every budget choice; the data and epochs match the augmentation study's LeNet-5 runs."""
     return {
         "model": "lenet5",
-        "train_images": ctx.pick(smoke=400, cpu=8000, full=45000),
+        "train_images": ctx.pick(smoke=400, cpu=20000, full=45000),
         "validation_images": ctx.pick(smoke=200, cpu=2000, full=5000),
         "test_images": ctx.pick(smoke=300, cpu=10000, full=10000),
-        "epochs": ctx.pick(smoke=1, cpu=6, full=30),
+        "epochs": ctx.pick(smoke=1, cpu=10, full=30),
         "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "schedule": "none",
         "fit_subset": ctx.pick(smoke=200, cpu=2000, full=5000),
         "monitor_overhead_target": 0.10,

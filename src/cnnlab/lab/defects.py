@@ -54,12 +54,11 @@ def recipe(ctx: StudyContext) -> dict[str, Any]:
                                   cpu={"widths": "16,32,64", "depth": 1},
                                   full={"widths": "32,64,128", "depth": 2}),
         "augment": "flip",  # left-right flips keep a tile a tile; crops could cut a defect off
-        "epochs": ctx.pick(smoke=1, cpu=12, full=40),
+        "epochs": ctx.pick(smoke=1, cpu=24, full=40),
         "batch_size": 32,
         "lr": 2e-3,
         "schedule": "cosine",
-        # Two runs fit the cpu budget on a shared 2-core machine; the sampler joins in full.
-        "imbalance": ctx.pick(smoke=["pos_weight"], cpu=["pos_weight", "none"],
+        "imbalance": ctx.pick(smoke=["pos_weight"], cpu=["pos_weight", "none", "sampler"],
                               full=["pos_weight", "none", "sampler"]),
         "min_recall": 0.99,
         "min_precision": 0.95,

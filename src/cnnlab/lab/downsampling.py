@@ -43,12 +43,12 @@ def _recipe(ctx: StudyContext) -> dict[str, Any]:
         "widths": ctx.pick(smoke="4,8", cpu="8,16,32", full="32,64,128"),
         "depth": ctx.pick(smoke=1, cpu=1, full=2),
         "norm": "batch",
-        "train_images": ctx.pick(smoke=400, cpu=4000, full=45000),
-        "validation_images": ctx.pick(smoke=200, cpu=1000, full=5000),
-        "test_images": ctx.pick(smoke=300, cpu=2000, full=10000),
-        "epochs": ctx.pick(smoke=1, cpu=4, full=30),
+        "train_images": ctx.pick(smoke=400, cpu=10000, full=45000),
+        "validation_images": ctx.pick(smoke=200, cpu=2000, full=5000),
+        "test_images": ctx.pick(smoke=300, cpu=10000, full=10000),
+        "epochs": ctx.pick(smoke=1, cpu=10, full=30),
         "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "schedule": "none",
-        "fit_subset": ctx.pick(smoke=200, cpu=1000, full=5000),
+        "fit_subset": ctx.pick(smoke=200, cpu=2000, full=5000),
     }
 
 

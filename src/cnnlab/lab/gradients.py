@@ -69,10 +69,10 @@ def _budget(ctx: StudyContext) -> dict[str, Any]:
     """Data and training sizes per profile (measured: see docs/gradients.md)."""
     return {
         "depth": ctx.pick(smoke=9, cpu=21, full=31),
-        "images": ctx.pick(smoke=320, cpu=6000, full=50000),
+        "images": ctx.pick(smoke=320, cpu=12000, full=50000),
         "validation": ctx.pick(smoke=64, cpu=1000, full=5000),
         "resize": ctx.pick(smoke=16, cpu=16, full=None),
-        "epochs": ctx.pick(smoke=1, cpu=3, full=15),
+        "epochs": ctx.pick(smoke=1, cpu=6, full=15),
         "batch_size": ctx.pick(smoke=64, cpu=128, full=128),
         "optimizer": "sgd",
         "lr": 0.05,

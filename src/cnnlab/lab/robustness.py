@@ -44,7 +44,7 @@ MODELS = ((None, "no augmentation"), ("keras", "keras augmentation"))
 
 
 def run(ctx: StudyContext) -> StudyResult:
-    evaluated_images = ctx.pick(smoke=100, cpu=2000, full=10000)
+    evaluated_images = ctx.pick(smoke=100, cpu=5000, full=10000)
     results, sources, data = {}, {}, None
     for augment, label in MODELS:
         result, run_dir, data = reference_run(ctx, augment)
