@@ -294,6 +294,6 @@ STUDY = register(Study(
     title="Activations: ReLU, Leaky ReLU, GELU, tanh, sigmoid; softmax or sigmoid outputs",
     question=("How do hidden activations change learning speed, accuracy and gradient flow, "
               "and do independent sigmoid outputs work for single-label classes?"),
-    budget_seconds={"smoke": 20, "cpu": 480, "full": 2400},
+    budget_seconds={"smoke": 20, "cpu": 300, "full": 2400},
     run=run,
 ))

@@ -604,7 +604,7 @@ STUDY = register(Study(
     question=("Does augmentation narrow the gap between training and validation accuracy, "
               "does a concatenated augmented copy do the same, and what does concatenating the "
               "training set with itself (the Keras `.x` mistake) really do?"),
-    budget_seconds={"smoke": 30, "cpu": 900, "full": 3600},
+    budget_seconds={"smoke": 30, "cpu": 540, "full": 3600},
     run=run,
 ))
 

@@ -438,6 +438,6 @@ STUDY = register(Study(
     question="When as few defective parts as possible may reach customers, which metric and "
              "threshold policy should a binary CNN be tuned for, and what does it cost in "
              "false alarms?",
-    budget_seconds={"smoke": 60, "cpu": 480, "full": 1800},
+    budget_seconds={"smoke": 60, "cpu": 240, "full": 1800},
     run=run,
 ))

@@ -223,6 +223,6 @@ STUDY = register(Study(
     question=("What do max pooling, average pooling, strided convolution and no downsampling "
               "cost in compute and time, what do they do to the receptive field, and which is "
               "most accurate?"),
-    budget_seconds={"smoke": 20, "cpu": 300, "full": 1800},
+    budget_seconds={"smoke": 20, "cpu": 240, "full": 1800},
     run=run,
 ))

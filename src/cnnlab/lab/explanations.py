@@ -252,6 +252,6 @@ STUDY = register(Study(
     title="Explanations: Grad-CAM on right and wrong predictions, the most confused classes",
     question=("Where does a CNN look when it is right and when it is wrong, and which classes "
               "does it confuse?"),
-    budget_seconds={"smoke": 15, "cpu": 90, "full": 300},
+    budget_seconds={"smoke": 15, "cpu": 60, "full": 300},
     run=run,
 ))

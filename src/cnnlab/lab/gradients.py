@@ -340,6 +340,6 @@ STUDY = register(Study(
     title="Vanishing and exploding gradients: diagnosis and remedies",
     question=("Why do deep plain networks fail to train, does the gradient monitor tell "
               "vanishing from exploding, and which remedy fixes which?"),
-    budget_seconds={"smoke": 90, "cpu": 600, "full": 3600},
+    budget_seconds={"smoke": 90, "cpu": 360, "full": 3600},
     run=run,
 ))

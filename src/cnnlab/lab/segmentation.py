@@ -653,6 +653,6 @@ STUDY = register(Study(
     title="Segmentation losses: BCE, IoU, Dice, Lovasz and focal on masks of every size",
     question="Does BCE get the size of small objects wrong while IoU-type losses get it right? "
              "Same U-Net, budget and seed; only the loss changes.",
-    budget_seconds={"smoke": 45, "cpu": 900, "full": 3600},
+    budget_seconds={"smoke": 45, "cpu": 600, "full": 3600},
     run=run,
 ))

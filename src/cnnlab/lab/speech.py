@@ -362,7 +362,7 @@ STUDY = register(Study(
     title="Speaker identification: log-mel CNN vs MFCC statistics (FSDD)",
     question="Does a CNN on log-mel spectrograms identify speakers better than a classical "
              "classifier on MFCC statistics, and does time-shift/noise augmentation help?",
-    budget_seconds={"smoke": 20, "cpu": 600, "full": 1800},
+    budget_seconds={"smoke": 20, "cpu": 180, "full": 1800},
     run=run,
 ))
 

@@ -325,7 +325,7 @@ STUDY = register(Study(
     title="Tables: MLP and 1-D CNN vs gradient boosting on customer churn",
     question="On a customer table, do an MLP with embeddings or a 1-D CNN over the columns "
              "match gradient-boosted trees, and does the CNN care about column order?",
-    budget_seconds={"smoke": 20, "cpu": 300, "full": 900},
+    budget_seconds={"smoke": 20, "cpu": 120, "full": 900},
     run=run,
 ))
 

@@ -330,7 +330,7 @@ STUDY = register(Study(
     title="Sentence CNN (Kim 2014) vs TF-IDF on movie reviews and questions",
     question="Does a CNN over word embeddings beat a TF-IDF linear model at classifying "
              "sentences, and does it reproduce Kim's published CNN-rand accuracy?",
-    budget_seconds={"smoke": 20, "cpu": 600, "full": 3600},
+    budget_seconds={"smoke": 20, "cpu": 480, "full": 3600},
     run=run,
 ))
 

@@ -417,5 +417,5 @@ STUDY = register(Study(
     question="How much does a pretrained backbone help when only 20-100 labels per class "
              "exist, and is a frozen backbone (trained once, features cached) enough, or does "
              "fine-tuning pay?",
-    budget_seconds={"smoke": 60, "cpu": 600, "full": 3600},
+    budget_seconds={"smoke": 60, "cpu": 300, "full": 3600},
     run=run))
