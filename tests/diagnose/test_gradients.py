@@ -233,3 +233,57 @@ def test_the_deferred_sentinel_used_on_cuda_reports_the_first_bad_step(halves, m
         trainer.fit()
     assert stopped.value.step == 1
     assert "first at step 1 (seen at step 3)" in str(stopped.value)
+
+
+class OverflowingLogits(nn.Module):
+    """Finite logits of about +-3e38: cross-entropy of the lower class overflows to inf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 1)
+
+    def forward(self, x):
+        sign = torch.tanh(self.linear(x.flatten(1)))
+        return torch.cat([sign, -sign], dim=1) * 3e38
+
+
+def test_a_loss_the_trainer_stops_on_is_recorded_by_the_monitor(tmp_path, halves):
+    train, val = halves
+    model = OverflowingLogits()
+    with pytest.raises(NonFiniteError) as stopped:
+        train_monitored(model, train, val, tmp_path)
+
+    # The monitor's own checks saw finite outputs; the trainer's loss check stopped the run.
+    assert stopped.value.where == "loss" and stopped.value.step == 1
+    data = load_monitor(tmp_path)
+    assert data.nonfinite["kind"] == "loss" and data.nonfinite["step"] == 1
+    verdicts = diagnose_run(tmp_path)
+    assert verdicts[0].kind == EXPLODING
+    assert verdicts[0].evidence["nonfinite"]["step"] == 1
+
+
+def test_an_interrupted_run_detaches_the_monitor_and_keeps_its_samples(tmp_path, halves):
+    train, val = halves
+
+    class Interrupt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.calls = build_model("plain", num_classes=2, depth=4), 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.training and self.calls == 3:
+                raise KeyboardInterrupt
+            return self.inner(x)
+
+    model = Interrupt()
+    monitor = GradientMonitor(tmp_path, every=1, figures=False)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(model, quick_config(), train=train, val=val, run_dir=tmp_path,
+                callbacks=[monitor]).fit()
+    assert load_monitor(tmp_path).steps.tolist() == [1, 2]
+    # No hook is left on the model: a forward pass after the stop records nothing.
+    model.eval()
+    model(train.inputs[:4].float())
+    assert monitor.data().steps.tolist() == [1, 2]
+    assert not monitor._hooks

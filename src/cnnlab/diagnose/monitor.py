@@ -356,6 +356,25 @@ class GradientMonitor(Callback):
         self.flush()
         self._conclude(result.summary, result.history)
 
+    def on_fit_stopped(self, trainer, error: BaseException) -> None:
+        """Close the files when the trainer stops the run (its own loss check, or Ctrl-C).
+
+        A stop the monitor raised itself has already been recorded and concluded. A
+        non-finite loss the trainer caught (finite logits, but a loss that overflowed)
+        is recorded here the same way, so ``cnnlab diagnose`` sees where it happened.
+        """
+        self._detach_hooks()
+        self._remove_root_hook()
+        if isinstance(error, NonFiniteError):
+            if self.nonfinite is not None:
+                return  # raised by this monitor's sentinel, which wrote everything already
+            self.nonfinite = {"step": error.step, "where": error.where, "kind": "loss",
+                              "message": str(error)}
+            self.flush()
+            self._conclude(None, trainer.history)
+            return
+        self.flush()  # interrupted: keep what was sampled; resuming appends to it
+
     # ---- sampling schedule ---------------------------------------------------------------
 
     def _time_step(self, wall_seconds: float, own_seconds: float, sampled: bool) -> None:

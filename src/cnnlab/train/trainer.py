@@ -68,6 +68,9 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None: ...
     def on_fit_end(self, trainer: Trainer, result: RunResult) -> None: ...
 
+    def on_fit_stopped(self, trainer: Trainer, error: BaseException) -> None:
+        """The run is stopping early on ``error`` (non-finite values or Ctrl-C), not returning."""
+
 
 @dataclass
 class RunResult:
@@ -266,17 +269,19 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs and not self.stop_requested:
                 self._run_epoch()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             self.stopped_reason = "interrupted"
             log.warning("interrupted in epoch %d; the checkpoint of epoch %d is kept and "
                         "--resume restarts epoch %d from its start", self.epoch + 1, self.epoch,
                         self.epoch + 1)
             self._write_history()
+            self._tell_stopped(interrupt)
             raise
         except NonFiniteError as error:
             self.stopped_reason = f"non-finite: {error}"
             log.error("%s; the last good checkpoint (epoch %d) is kept", error, self.epoch)
             self._write_history()
+            self._tell_stopped(error)
             raise
         wall = time.perf_counter() - started
         if self.config.restore_best and self.best_state is not None:
@@ -288,6 +293,15 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self, result)
         return result
+
+    def _tell_stopped(self, error: BaseException) -> None:
+        """Let every callback close its files; one that fails must not hide ``error``."""
+        for callback in self.callbacks:
+            try:
+                callback.on_fit_stopped(self, error)
+            except Exception:
+                log.exception("%s could not finish after the run stopped",
+                              type(callback).__name__)
 
     def _run_epoch(self) -> None:
         config, epoch = self.config, self.epoch + 1
