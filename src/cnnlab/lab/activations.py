@@ -48,7 +48,7 @@ OUTPUT_LABELS = {"softmax": "softmax + cross-entropy", "sigmoids": "independent 
 
 
 def _recipe(ctx: StudyContext) -> dict[str, Any]:
-    """Every budget choice; the data and epochs match the augmentation study's LeNet-5 runs."""
+    """Every budget choice; the data match the augmentation study's LeNet-5 runs."""
     return {
         "model": "lenet5",
         "train_images": ctx.pick(smoke=400, cpu=20000, full=45000),
@@ -142,8 +142,9 @@ def run(ctx: StudyContext) -> StudyResult:
         **recipe,
         "data": (f"CIFAR-10 (JPEG copy): {len(data.train)} training, {len(data.val)} "
                  f"validation, {len(data.test)} test images"),
-        "budget": ("cpu profile: about 8 minutes on 2 heavily shared cores (6 LeNet-5 runs, "
-                   "monitored)"),
+        "budget": (f"{ctx.profile} profile: {len(rows)} LeNet-5 runs of {recipe['epochs']} "
+                   f"epochs on {recipe['train_images']} images, each with the gradient "
+                   "monitor"),
         "losses": ("the sigmoid-output run reports binary cross-entropy as its loss, so its "
                    "loss curve is not comparable with the others; accuracies are"),
     }

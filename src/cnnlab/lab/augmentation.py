@@ -228,10 +228,10 @@ def run(ctx: StudyContext) -> StudyResult:
         "data": (f"CIFAR-10 (JPEG copy): {len(data.train)} training images, {len(data.val)} "
                  f"validation images (both from the training split), {len(data.test)} test "
                  "images"),
-        "budget": ("cpu profile: about 15 minutes on 2 heavily shared cores (LeNet-5 at "
-                   "700-1,000 images/s under a load of 10-12), a third of that on an idle "
-                   "machine; differences between settings are compared with the spread between "
-                   "two seeds of the same run"),
+        "budget": (f"{ctx.profile} profile: {recipe['epochs']} epochs of "
+                   f"{recipe['train_images']} images per run (twice the epochs for the "
+                   "control); differences between settings are compared with the spread "
+                   "between two seeds of the same run"),
         "learning_rate_schedule": "constant, so a longer run extends a shorter one exactly",
     }
     numbers = {"runs": rows + wide_rows, "sanity_checks": checks}

@@ -115,8 +115,9 @@ def run(ctx: StudyContext) -> StudyResult:
         **recipe,
         "data": (f"CIFAR-10 (JPEG copy): {len(data.train)} training, {len(data.val)} "
                  f"validation, {len(data.test)} test images"),
-        "budget": ("cpu profile: about 5 minutes on 2 shared cores; the network without "
-                   "downsampling trains at a tenth of the others' speed and sets the budget"),
+        "budget": (f"{ctx.profile} profile: {recipe['epochs']} epochs on "
+                   f"{recipe['train_images']} images per network; the network without "
+                   "downsampling is the slowest by far and sets the budget"),
         "architecture_source": f"cnnlab.inspect ({rows[0]['inspect_method']})",
     }
     return StudyResult(name=STUDY.name, title=STUDY.title, question=STUDY.question, setup=setup,

@@ -315,14 +315,28 @@ def _findings(results: dict[str, dict[str, Any]], labels: dict[str, str], chance
             f"Verdict with clipping: {verdicts(clipped)}.")
 
     if he["val_accuracy"] is not None and accuracy(he) < chance + 0.05:
-        findings.append(
-            f"The He network without normalisation did not learn in this budget "
-            f"({_fmt_accuracy(he)}), and the monitor found no gradient pathology in it "
-            f"(verdict {verdicts(he)}; gradient-norm ratio "
-            f"{_fmt_ratio(he['first_to_last_grad_ratio'])}, {_loss_change(he)}). Late in the "
-            f"run its smallest layer activation spread was {_fmt_ratio(he['activation_std_ratio'])}"
-            " of the first layer's: the signal thins out, but not by the two orders of "
-            "magnitude the monitor requires to call it vanishing. Batch norm fixed it.")
+        normed = results["he_bn"]
+        fixed = (f" Batch norm fixed it ({_fmt_accuracy(normed)})."
+                 if accuracy(normed) >= chance + 0.05 else "")
+        spread = _fmt_ratio(he["activation_std_ratio"])
+        if "vanishing" in he["verdicts"]:
+            findings.append(
+                f"The He network without normalisation did not learn in this budget "
+                f"({_fmt_accuracy(he)}). Its first-to-last gradient ratio "
+                f"({_fmt_ratio(he['first_to_last_grad_ratio'])}) stays above the 1e-3 at "
+                f"which gradients count as vanishing, yet the monitor called it "
+                f"{verdicts(he)}: {_loss_change(he)}, and late in the run its smallest layer "
+                f"activation spread was {spread} of the first layer's, so the forward signal "
+                f"faded before it reached the head." + fixed)
+        else:
+            findings.append(
+                f"The He network without normalisation did not learn in this budget "
+                f"({_fmt_accuracy(he)}), and the monitor found no gradient pathology in it "
+                f"(verdicts: {verdicts(he)}; gradient-norm ratio "
+                f"{_fmt_ratio(he['first_to_last_grad_ratio'])}, {_loss_change(he)}). Late in "
+                f"the run its smallest layer activation spread was {spread} of the first "
+                "layer's: the signal thins out, but not by the two orders of magnitude the "
+                "monitor requires to call it vanishing." + fixed)
 
     # The monitor's cost, as it measured it.
     estimates = [r["monitor_overhead_estimate"] for r in results.values()
