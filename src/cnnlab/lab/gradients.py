@@ -323,11 +323,10 @@ def _findings(results: dict[str, dict[str, Any]], labels: dict[str, str], chance
             findings.append(
                 f"The He network without normalisation did not learn in this budget "
                 f"({_fmt_accuracy(he)}). Its first-to-last gradient ratio "
-                f"({_fmt_ratio(he['first_to_last_grad_ratio'])}) stays above the 1e-3 at "
-                f"which gradients count as vanishing, yet the monitor called it "
-                f"{verdicts(he)}: {_loss_change(he)}, and late in the run its smallest layer "
-                f"activation spread was {spread} of the first layer's, so the forward signal "
-                f"faded before it reached the head." + fixed)
+                f"({_fmt_ratio(he['first_to_last_grad_ratio'])}) is milder than sigmoid's but "
+                f"{_loss_change(he)}, and late in the run its smallest layer activation spread "
+                f"was {spread} of the first layer's: the signal fades on its way through the "
+                f"layers, and the monitor called it {verdicts(he)}." + fixed)
         else:
             findings.append(
                 f"The He network without normalisation did not learn in this budget "
