@@ -48,7 +48,7 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.2f}", flush=True)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {args.threads} thread(s); shared with other work")
+          f"torch {torch.__version__}, {args.threads} thread(s)")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     result = train_fast(args.data, args.out, epochs=args.epochs, minutes_budget=args.minutes,
                         limit_train=args.limit, limit_test=args.test_limit,
