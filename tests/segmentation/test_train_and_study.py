@@ -69,6 +69,9 @@ def bins_with(ratios: dict[str, tuple[float, float, float]]):
       "lovasz": (1.25, 1.2, 1.3)}, "did not hold"),
     ({"bce": (0.6, 0.5, 0.7), "iou": (0.9, 0.8, 1.0), "dice": (0.5, 0.4, 0.6),
       "lovasz": (1.0, 0.9, 1.1)}, "partly"),
+    # Closer than BCE but measurably off itself (too large) does not count as right.
+    ({"bce": (0.974, 0.96, 0.99), "iou": (1.017, 1.003, 1.03), "dice": (1.025, 1.01, 1.04),
+      "lovasz": (1.0, 0.98, 1.02)}, "partly"),
 ])
 def test_claim_verdict_follows_the_stated_rule(ratios, verdict):
     assert claim_verdict(bins_with(ratios))[0] == verdict

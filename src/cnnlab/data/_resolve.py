@@ -7,6 +7,8 @@ resolution order and its error message are the same for every dataset.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cnnlab._util import CnnlabError
@@ -21,6 +23,33 @@ KNOWN_DATASETS: dict[str, str] = {
     "text-mr": "text-mr",
     "text-trec": "text-trec",
 }
+
+
+# Open recordings (see :func:`recording_datasets`), innermost last.
+_RECORDINGS: list[dict[str, Path]] = []
+
+
+@contextmanager
+def recording_datasets() -> Iterator[dict[str, Path]]:
+    """Collect every dataset :func:`find_dataset` finds inside the block.
+
+    Yields a dictionary that fills as datasets are found: dataset name (or,
+    for a path, its folder name) -> resolved folder. The lab runs each study
+    inside one, so the report can list and checksum the data every study read
+    without each study having to declare it.
+    """
+    found: dict[str, Path] = {}
+    _RECORDINGS.append(found)
+    try:
+        yield found
+    finally:
+        _RECORDINGS.remove(found)
+
+
+def _record(name: str, path: Path) -> Path:
+    for found in _RECORDINGS:
+        found.setdefault(name, path.resolve())
+    return path
 
 
 def cache_dir() -> Path:
@@ -49,7 +78,7 @@ def find_dataset(name_or_path: str | os.PathLike, *, explicit_root: str | os.Pat
     """
     candidate = Path(name_or_path).expanduser()
     if candidate.exists():
-        return candidate
+        return _record(candidate.resolve().name, candidate)
     name = str(name_or_path)
     folder = KNOWN_DATASETS.get(name, name)
     tried: list[str] = [f"{candidate} (as a path)"]
@@ -64,7 +93,7 @@ def find_dataset(name_or_path: str | os.PathLike, *, explicit_root: str | os.Pat
             continue
         path = root / folder
         if path.exists():
-            return path
+            return _record(name, path)
         tried.append(f"{label}: {path} (missing)")
     known = ", ".join(sorted(KNOWN_DATASETS))
     raise CnnlabError(
