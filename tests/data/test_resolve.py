@@ -55,3 +55,22 @@ def test_unset_cnnlab_data_is_reported_as_not_set(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(CnnlabError, match=r"\$CNNLAB_DATA: not set"):
         find_dataset("nothing-here")
+
+
+def test_recording_collects_the_datasets_found_inside_the_block(tmp_path, monkeypatch):
+    from cnnlab.data import recording_datasets
+
+    (tmp_path / "cifar10-jpeg").mkdir()
+    own = tmp_path / "my shapes"
+    own.mkdir()
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    find_dataset("cifar10")  # outside any recording: not collected anywhere
+    with recording_datasets() as outer:
+        find_dataset("cifar10")
+        with recording_datasets() as inner:
+            find_dataset(own)
+        with pytest.raises(CnnlabError):
+            find_dataset("churn")  # not found: nothing recorded
+    find_dataset(own)  # after the block: the dictionary no longer changes
+    assert outer == {"cifar10": (tmp_path / "cifar10-jpeg").resolve(), "my shapes": own.resolve()}
+    assert inner == {"my shapes": own.resolve()}

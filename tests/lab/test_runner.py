@@ -304,3 +304,30 @@ def test_cli_runs_studies_and_exits_nonzero_when_one_failed(catalog, monkeypatch
     results = json.loads((out / "results.json").read_text())
     assert results["provenance"]["command"] == (
         f"cnnlab lab tiny bars --profile smoke --out '{out}' --quiet")
+
+
+def test_datasets_a_study_reads_are_checksummed_into_the_report(tmp_path, monkeypatch):
+    from cnnlab.data import find_dataset
+    from cnnlab.report.provenance import dataset_checksum
+
+    data = tmp_path / "data" / "tabular-churn"
+    data.mkdir(parents=True)
+    (data / "churn.csv").write_text("tenure,churn\n1,yes\n")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "data"))
+
+    def reads_churn(ctx):
+        find_dataset("churn")
+        return StudyResult(name="reader", title="Reader", question="?", setup={},
+                           tables=[Table("One", ["x"], [[1.0]])])
+
+    catalog = {"reader": Study("reader", "Reader", "?", {"smoke": 1, "cpu": 1, "full": 1},
+                               reads_churn)}
+    lab = runner.run_lab(out_dir=tmp_path / "report", progress=False, catalog=catalog,
+                         profile="smoke")
+
+    row = lab.provenance.data_sources["churn"]
+    assert row["checksum"] == dataset_checksum(data, cache=False)
+    assert row["files"] == 1 and row["studies"] == ["reader"]
+    stored = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert stored["provenance"]["data_sources"]["churn"]["checksum"] == row["checksum"]
+    assert row["checksum"] in (tmp_path / "report" / "index.html").read_text()

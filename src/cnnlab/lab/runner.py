@@ -33,9 +33,10 @@ from cnnlab._util import (
     seed_everything,
     write_json_atomic,
 )
+from cnnlab.data import recording_datasets
 from cnnlab.lab.study import PROFILES, Study, StudyContext, StudyResult, studies
 from cnnlab.report import LabResult, Provenance, StudyEntry, machine_info, write_report
-from cnnlab.report.provenance import gather_data_sources
+from cnnlab.report.provenance import data_source, gather_data_sources
 from cnnlab.report.render import format_seconds
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,15 @@ def _run_one(study: Study, entry: StudyEntry, context: StudyContext) -> None:
     seed_everything(context.seed)
     started = time.perf_counter()
     try:
-        result = study.run(context)
+        with recording_datasets() as datasets_read:
+            result = study.run(context)
         if not isinstance(result, StudyResult):
             raise TypeError(f"study {study.name} returned {type(result).__name__}, "
                             "expected a StudyResult")
         entry.wall_seconds = time.perf_counter() - started
         result.wall_seconds = entry.wall_seconds
+        if datasets_read and "data_checksums" not in result.setup:
+            result.setup["data_checksums"] = _checksums(datasets_read)
         entry.result = result.to_dict()
         entry.versions = library_versions()
         write_json_atomic(result_file, {**stamp, "finished_at": _now(),
@@ -193,6 +197,18 @@ def _run_one(study: Study, entry: StudyEntry, context: StudyContext) -> None:
         log.debug("study %s failed:\n%s", study.name, entry.traceback)
         if result_file.exists():  # a stale result must not be reused next time
             result_file.unlink()
+
+
+def _checksums(datasets: dict[str, Path]) -> dict[str, Any]:
+    """Provenance rows for the datasets a study read (hashed once, then cached by listing)."""
+    rows = {}
+    for name, path in datasets.items():
+        try:
+            rows[name] = data_source(path)
+        except (OSError, CnnlabError) as error:  # provenance must not fail a finished study
+            log.warning("cannot checksum %s (%s): %s", name, path, error)
+            rows[name] = {"path": str(path), "checksum": f"unavailable: {error}"}
+    return rows
 
 
 def _cache_stamp(study: Study, context: StudyContext) -> dict[str, Any]:
