@@ -68,3 +68,28 @@ def test_environment_and_explicit_counts_override(monkeypatch):
             _util.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("env,value", [("CNNLAB_MALLOC_TUNING", "0"),
+                                       ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1"),
+                                       ("MALLOC_ARENA_MAX", "2")])
+def test_allocator_tuning_steps_aside_when_told_or_when_the_user_tunes_malloc(monkeypatch, env,
+                                                                              value):
+    monkeypatch.setattr(_util, "_allocator_tuned", None)
+    monkeypatch.setenv(env, value)
+    assert _util.tune_allocator() is False
+
+
+def test_allocator_tuning_applies_once_on_glibc(monkeypatch):
+    import platform
+    import sys
+
+    for name in [n for n in __import__("os").environ if n.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("CNNLAB_MALLOC_TUNING", raising=False)
+    monkeypatch.setattr(_util, "_allocator_tuned", None)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert _util.tune_allocator() is glibc
+    monkeypatch.setenv("CNNLAB_MALLOC_TUNING", "0")
+    assert _util.tune_allocator() is glibc  # decided once per process

@@ -31,6 +31,7 @@ from cnnlab._util import (
     resolve_device,
     seed_everything,
     set_threads,
+    tune_allocator,
     write_json_atomic,
 )
 from cnnlab.data.arrays import ArrayDataset, stratified_indices
@@ -142,6 +143,8 @@ class Trainer:
             # Ranks share the machine's cores: keep ranks x threads within them.
             threads = max(1, (os.cpu_count() or 1) // self.dist.world_size)
         self.threads = set_threads(threads)
+        if self.device.type == "cpu":
+            tune_allocator()  # per-batch temporaries stay in the heap (see its docstring)
         self.task = task or ClassificationTask(config.label_smoothing)
         self.train_data = train
         self.val_data = val
