@@ -67,6 +67,7 @@ def test_recording_collects_the_datasets_found_inside_the_block(tmp_path, monkey
     find_dataset("cifar10")  # outside any recording: not collected anywhere
     with recording_datasets() as outer:
         find_dataset("cifar10")
+        find_dataset(tmp_path / "cifar10-jpeg")  # the same folder by path: still one entry
         with recording_datasets() as inner:
             find_dataset(own)
         with pytest.raises(CnnlabError):

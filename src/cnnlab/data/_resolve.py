@@ -47,8 +47,10 @@ def recording_datasets() -> Iterator[dict[str, Path]]:
 
 
 def _record(name: str, path: Path) -> Path:
+    resolved = path.resolve()
     for found in _RECORDINGS:
-        found.setdefault(name, path.resolve())
+        if resolved not in found.values():  # one row per folder, under the first name used
+            found.setdefault(name, resolved)
     return path
 
 
