@@ -19,7 +19,7 @@ class FakeClock:
         _util.own_busy_cores()  # the import-time sample
 
     def work(self, seconds, busy_cores, load):
-        """This process keeps ``busy_cores`` busy for ``seconds``; the load average reads ``load``."""
+        """This process keeps ``busy_cores`` busy for ``seconds``; the load reads ``load``."""
         self.now += seconds
         self.cpu += seconds * busy_cores
         self.load = load

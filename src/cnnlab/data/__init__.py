@@ -12,6 +12,6 @@ from cnnlab.data.images import CIFAR10_MEAN, CIFAR10_STD, load_image_folder, loa
 
 __all__ = [
     "KNOWN_DATASETS", "cache_dir", "data_root", "find_dataset", "recording_datasets",
-    "ArrayDataset", "channel_statistics", "limit", "split_validation", "CIFAR10_MEAN", "CIFAR10_STD",
-    "load_image_folder", "load_images",
+    "ArrayDataset", "channel_statistics", "limit", "split_validation", "CIFAR10_MEAN",
+    "CIFAR10_STD", "load_image_folder", "load_images",
 ]
