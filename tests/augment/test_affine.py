@@ -5,6 +5,7 @@ import torch
 
 from cnnlab._util import CnnlabError
 from cnnlab.augment import PRESETS, AffineAugment, AffineSpec, build_augment
+from cnnlab.augment.affine import sampling_grid
 
 
 def images(batch=16, size=16, seed=0):
@@ -109,3 +110,14 @@ def test_generator_state_round_trips():
     fresh.load_state_dict(state)
     again, _ = fresh(images(), None)
     assert torch.equal(expected, again)
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (24, 40), (1, 7)])
+def test_sampling_grid_equals_torch_affine_grid(height, width):
+    import torch.nn.functional as F
+
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(3))
+    expected = F.affine_grid(theta, [5, 3, height, width], align_corners=False)
+    grid = sampling_grid(theta, height, width)
+    assert grid.shape == expected.shape == (5, height, width, 2)
+    torch.testing.assert_close(grid, expected, rtol=0, atol=1e-6)
