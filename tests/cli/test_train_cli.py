@@ -50,6 +50,15 @@ def test_jsonl_mode_prints_one_object_per_epoch_then_the_summary(image_folder, t
     assert lines[1]["epoch"] == 2
 
 
+def test_no_channels_last_turns_the_cpu_default_off(image_folder, tmp_path, isolated_cache):
+    for flag, expected in (([], True), (["--no-channels-last"], False)):
+        out = tmp_path / f"r{len(flag)}"
+        assert main(["train", "--data", str(image_folder), "--model", "small_cnn", "--widths",
+                     "8", "--epochs", "1", "--batch-size", "4", "--validation", "0.25",
+                     "--device", "cpu", "--out", str(out), "--quiet", *flag]) == 0
+        assert json.loads((out / "config.json").read_text())["channels_last"] is expected
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--epochs", "0"], "expected a number >= 1"),
     (["train", "--optimizer", "rmsprop"], "invalid choice"),

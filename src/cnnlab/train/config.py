@@ -35,7 +35,7 @@ class TrainConfig:
     restore_best: bool = False  # load the best-validation weights at the end
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); no-op on CPU
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for images on the CPU, off on CUDA
     compile: bool = False  # torch.compile the model
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None keeps CNNLAB_THREADS / torch default
@@ -64,7 +64,7 @@ class TrainConfig:
                                       f"{value!r}")
             if expected == "str" and not isinstance(value, str):
                 raise CnnlabError(f"training option {item.name} must be a string, got {value!r}")
-            if expected == "bool" and not isinstance(value, bool):
+            if expected.startswith("bool") and not isinstance(value, bool):
                 raise CnnlabError(f"training option {item.name} must be true or false, got "
                                   f"{value!r}")
 
