@@ -70,4 +70,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnlab._util import run_script
+
+    run_script(main)

@@ -138,4 +138,6 @@ def _seconds(values: list[float]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnlab._util import run_script
+
+    run_script(main)

@@ -11,7 +11,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,19 @@ import numpy as np
 
 class CnnlabError(Exception):
     """An error a user can fix: the message names the input and what to do."""
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run a script's ``main``; a :class:`CnnlabError` exits 2 with its message, no traceback.
+
+    For the scripts in ``benchmarks/``, which are not behind the ``cnnlab``
+    command's own error handling.
+    """
+    try:
+        main()
+    except CnnlabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @contextmanager

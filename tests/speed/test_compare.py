@@ -171,3 +171,17 @@ def test_repeats_keep_the_run_with_the_median_speed(compare):
     skipped = compare.Measurement("resnet18", "keras", skipped="no Keras")
     assert compare.median_measurement([skipped, skipped]).skipped == "no Keras"
     assert compare.median_measurement([skipped, runs[1]]).train_seconds == 1.0
+
+
+def test_a_benchmark_without_its_data_exits_2_with_the_message_not_a_traceback(tmp_path):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "CNNLAB_DATA"}
+    env["CNNLAB_CACHE"] = str(tmp_path / "cache")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+    done = subprocess.run([sys.executable, str(script), "--only", "lenet", "--only", "cnnlab",
+                           "--quick"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "dataset 'cifar10' not found" in done.stderr and "CNNLAB_DATA" in done.stderr
+    assert "Traceback" not in done.stderr
