@@ -202,6 +202,9 @@ def main() -> None:
         def on_epoch_end(self, epoch, logs=None):
             epoch_seconds.append(time.perf_counter() - self.started)
 
+    from compare import cores_between, cpu_clock  # benchmarks/ is this script's folder
+
+    clock = cpu_clock()
     started = time.perf_counter()
     if spec["augment"]:
         generator = image_data_generator()(
@@ -213,6 +216,7 @@ def main() -> None:
         model.fit(x_train, y_train, batch_size=spec["batch_size"], epochs=spec["epochs"],
                   shuffle=True, verbose=0, callbacks=[Clock()])
     train_seconds = time.perf_counter() - started
+    cores = cores_between(clock, cpu_clock())
 
     _, accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the parent process.
@@ -222,7 +226,7 @@ def main() -> None:
     print(json.dumps({
         "images": len(x_train), "epochs": spec["epochs"], "train_seconds": train_seconds,
         "epoch_seconds": epoch_seconds, "test_accuracy": float(accuracy),
-        "test_images": len(x_test), "peak_memory_mib": (own + children) / 1024,
+        "test_images": len(x_test), "peak_memory_mib": (own + children) / 1024, "cores": cores,
         "weights_loaded": loaded, "versions": {"keras": keras.__version__,
                                                "backend": keras.backend.backend()}}))
 

@@ -99,6 +99,7 @@ class Measurement:
     test_accuracy: float = math.nan
     test_images: int = 0
     peak_memory_mib: float = math.nan
+    cores: float = math.nan  # CPU seconds (all threads and child processes) per wall second
     skipped: str | None = None
     notes: str = ""
 
@@ -234,7 +235,8 @@ def _number(value: float, spec: str) -> str:
 def format_results(results: list[Measurement]) -> str:
     """The measurement table: one line per workload and pipeline."""
     header = (f"{'workload':<14} {'pipeline':<10} {'images x epochs':>15} {'images/s':>9} "
-              f"{'epoch s':>8} {'steady s':>8} {'peak MiB':>9} {'test acc':>8} {'(of)':>6}")
+              f"{'epoch s':>8} {'steady s':>8} {'cores':>5} {'peak MiB':>9} {'test acc':>8} "
+              f"{'(of)':>6}")
     lines = [header, "-" * len(header)]
     for m in results:
         if not m.ok:
@@ -244,7 +246,7 @@ def format_results(results: list[Measurement]) -> str:
             f"{m.workload:<14} {m.pipeline:<10} {f'{m.images} x {m.epochs}':>15} "
             f"{_number(m.images_per_second, ',.0f'):>9} "
             f"{_number(m.mean_epoch_seconds, '.1f'):>8} "
-            f"{_number(m.steady_epoch_seconds, '.1f'):>8} "
+            f"{_number(m.steady_epoch_seconds, '.1f'):>8} {_number(m.cores, '.2f'):>5} "
             f"{_number(m.peak_memory_mib, ',.0f'):>9} {_number(m.test_accuracy, '.4f'):>8} "
             f"{m.test_images:>6}")
     return "\n".join(lines)
@@ -274,6 +276,24 @@ def format_ratios(ratios: list[Ratio]) -> str:
 
 
 # ---- the variants (run in child processes) --------------------------------------------------
+
+
+def cpu_clock() -> tuple[float, float]:
+    """(CPU seconds of this process, its threads and its reaped children; wall seconds).
+
+    Two readings around training give the cores a pipeline kept busy: the
+    DataLoader's worker processes (reaped at the end of each epoch) and the
+    threads TensorFlow and tf.data start besides the compute threads all
+    count, so the table shows what each pipeline took from the machine, not
+    only its ``--threads`` setting. The Keras child imports this too.
+    """
+    times = os.times()
+    return (times.user + times.system + times.children_user + times.children_system,
+            time.perf_counter())
+
+
+def cores_between(first: tuple[float, float], second: tuple[float, float]) -> float:
+    return (second[0] - first[0]) / max(1e-9, second[1] - first[1])
 
 
 def peak_memory_mib() -> float:
@@ -343,13 +363,15 @@ def run_cnnlab(spec: dict) -> dict:
                          fit_subset=0, checkpoint_every=0)
     trainer = Trainer(_torch_model(spec), config, train=train,
                       augment=build_augment("keras" if spec["augment"] else None, seed=0))
+    clock = cpu_clock()
     started = time.perf_counter()
     result = trainer.fit()
     train_seconds = time.perf_counter() - started
+    cores = cores_between(clock, cpu_clock())
     accuracy = evaluate(result.model, test, device=torch.device("cpu"))["accuracy"]
     return {"images": len(train), "train_seconds": train_seconds,
             "epoch_seconds": [row["seconds"] for row in result.history],
-            "test_accuracy": accuracy, "test_images": len(test)}
+            "test_accuracy": accuracy, "test_images": len(test), "cores": cores}
 
 
 def run_cnnlab_transfer(spec: dict) -> dict:
@@ -366,7 +388,9 @@ def run_cnnlab_transfer(spec: dict) -> dict:
     config = TrainConfig(epochs=spec["epochs"], batch_size=BATCH_SIZE, optimizer="adam",
                          lr=LEARNING_RATE, threads=spec["threads"], device="cpu",
                          fit_subset=0, checkpoint_every=0)
-    result = train_transfer(transfer, config, None)
+    clock = cpu_clock()
+    result = train_transfer(transfer, config, None)  # its test evaluation counts in the cores
+    cores = cores_between(clock, cpu_clock())
     summary = result.summary
     # The training clock: one backbone pass over the training images, then the head's epochs.
     feature_seconds = sum(event["seconds"] for event in summary["transfer"]["cache_events"]
@@ -375,7 +399,7 @@ def run_cnnlab_transfer(spec: dict) -> dict:
     epoch_seconds[0] += feature_seconds
     return {"images": spec["fit_images"], "train_seconds": sum(epoch_seconds),
             "epoch_seconds": epoch_seconds, "test_accuracy": summary["test"]["accuracy"],
-            "test_images": spec["test_images"],
+            "test_images": spec["test_images"], "cores": cores,
             "notes": f"backbone pass {feature_seconds:.1f} s, then cached features"}
 
 
@@ -417,6 +441,7 @@ def run_dataloader(spec: dict) -> dict:
                         num_workers=spec["workers"])
     optimizer = torch.optim.Adam(trainable.parameters(), lr=LEARNING_RATE)
     epoch_seconds = []
+    clock = cpu_clock()
     started = time.perf_counter()
     for _ in range(spec["epochs"]):
         epoch_started = time.perf_counter()
@@ -430,6 +455,7 @@ def run_dataloader(spec: dict) -> dict:
             optimizer.step()
         epoch_seconds.append(time.perf_counter() - epoch_started)
     train_seconds = time.perf_counter() - started
+    cores = cores_between(clock, cpu_clock())
 
     model.eval()
     correct = 0
@@ -440,7 +466,7 @@ def run_dataloader(spec: dict) -> dict:
             correct += (model(inputs).argmax(dim=1) == targets).sum().item()
     return {"images": len(train), "train_seconds": train_seconds,
             "epoch_seconds": epoch_seconds, "test_accuracy": correct / len(test),
-            "test_images": len(test)}
+            "test_images": len(test), "cores": cores}
 
 
 def _dataloader_transfer_model(spec: dict):
@@ -575,7 +601,7 @@ def _cached_split(split: str):
 
 
 def _backbone_weights(folder: Path) -> tuple[Path, str]:
-    """torchvision's ImageNet ResNet-18 weights if the hub cache has them, else a fixed random set."""
+    """torchvision's ImageNet ResNet-18 weights where the hub cache has them, else random ones."""
     import torch
     import torchvision
     from safetensors.torch import save_file
@@ -629,6 +655,7 @@ def run_variant(spec: dict, pipeline: str, folder: Path, keras: Path | None,
     measurement.test_accuracy = result["test_accuracy"]
     measurement.test_images = result["test_images"]
     measurement.peak_memory_mib = result["peak_memory_mib"]
+    measurement.cores = result.get("cores", math.nan)
     measurement.notes = result.get("notes", "")
     return measurement
 

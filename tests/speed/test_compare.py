@@ -25,7 +25,7 @@ def measured(compare, workload, pipeline, seconds, accuracy, images=1000, test_i
     return compare.Measurement(workload, pipeline, images=images, epochs=len(seconds),
                                train_seconds=sum(seconds), epoch_seconds=list(seconds),
                                test_accuracy=accuracy, test_images=test_images,
-                               peak_memory_mib=512.0)
+                               peak_memory_mib=512.0, cores=1.5)
 
 
 @pytest.fixture
@@ -124,7 +124,8 @@ def test_results_table_shows_numbers_and_skip_reasons(compare, results):
     assert table[0].split()[:4] == ["workload", "pipeline", "images", "x"]
     keras = next(line for line in table if line.startswith("lenet-augment") and "keras" in line)
     # 1000 x 3 images in 32 s: 94 images/s; 10.7 s per epoch; 6.0 s steady; accuracy 0.3000
-    assert keras.split()[2:] == ["1000", "x", "3", "94", "10.7", "6.0", "512", "0.3000", "500"]
+    assert keras.split()[2:] == ["1000", "x", "3", "94", "10.7", "6.0", "1.50", "512", "0.3000",
+                                 "500"]
     skipped = next(line for line in table if line.startswith("lenet ") and "keras" in line)
     assert skipped.endswith("skipped: pip install failed: no network")
     single = next(line for line in table if line.startswith("lenet ") and "cnnlab" in line)
@@ -185,3 +186,17 @@ def test_a_benchmark_without_its_data_exits_2_with_the_message_not_a_traceback(t
     assert done.returncode == 2, done.stderr
     assert "dataset 'cifar10' not found" in done.stderr and "CNNLAB_DATA" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cores_are_cpu_seconds_per_wall_second_children_included(compare):
+    import os
+    import subprocess
+
+    first = compare.cpu_clock()
+    # A child that spins for 0.3 s of CPU: its time counts once it is reaped.
+    subprocess.run([sys.executable, "-c",
+                    "import time\nt = time.process_time()\n"
+                    "while time.process_time() - t < 0.3: pass"], check=True)
+    second = compare.cpu_clock()
+    assert second[0] - first[0] >= 0.3
+    assert 0 < compare.cores_between(first, second) <= (os.cpu_count() or 1) + 0.1
