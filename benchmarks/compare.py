@@ -695,8 +695,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each variant, in rotated order (the load drifts); the "
                         "table shows the run with the median images/s")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="compute threads per variant (torch, TensorFlow)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="compute threads per variant (torch, TensorFlow); default: the "
+                        "machine's cores, what each library's own default uses")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--transfer-size", type=int, default=64,
                         help="backbone input size for the transfer workload (pixels)")
