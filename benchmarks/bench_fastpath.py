@@ -13,7 +13,7 @@ and each switch's speed-up over the baseline:
 - ``compile``: ``torch.compile`` of the model.
 
 Always on in the trainer, so not switchable here: data resident on the
-device (uint8, indexed per batch), fused optimisers on CUDA, and no host
+device (uint8, indexed per batch), fused optimisers, and no host
 synchronisation inside the step (metrics summed on the device, read once
 per epoch). ``benchmarks/compare.py`` measures them together against a
 DataLoader pipeline.
