@@ -713,9 +713,9 @@ def main() -> None:
         return
 
     workloads, pipelines = select(args.only)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, shared with other work: "
-          "absolute numbers depend on the load, the ratios below are measured side by side in "
-          "this one invocation")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores. Absolute numbers depend on "
+          "the load (see the load averages before and after); the ratios below are measured "
+          "side by side in this one invocation")
     print(f"before: {_uptime()}", flush=True)
     keras, keras_reason = (None, "not selected")
     if "keras" in pipelines:
