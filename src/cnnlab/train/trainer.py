@@ -198,11 +198,11 @@ class Trainer:
     def _use_channels_last(self, train: ArrayDataset) -> bool:
         """The config's choice; unset, channels_last for images on the CPU.
 
-        On the CPU oneDNN's convolutions and pooling are faster in channels_last
-        for every image model cnnlab builds (one training step, 1 and 2 threads:
-        LeNet-5 1.17-1.30x, small_cnn 1.15-1.25x, fast_resnet 1.38-1.41x,
-        ResNet-18 1.07-1.10x; docs/speed.md). On CUDA it pays mainly with mixed
-        precision on tensor cores, not measured here, so it stays opt-in there.
+        On the CPU oneDNN's convolutions and pooling are faster in channels_last:
+        one training step (``benchmarks/bench_step.py``, 1 and 2 threads) of
+        LeNet-5 1.46x and 1.15x, small_cnn 1.30x and 1.17x, fast_resnet 1.24x
+        and 1.27x, ResNet-18 1.06x and 0.97x (parity). On CUDA it pays mainly with
+        mixed precision on tensor cores, not measured here, so it stays opt-in there.
         """
         if self.config.channels_last is not None:
             return self.config.channels_last
