@@ -50,8 +50,9 @@ def test_jsonl_mode_prints_one_object_per_epoch_then_the_summary(image_folder, t
     assert lines[1]["epoch"] == 2
 
 
-def test_no_channels_last_turns_the_cpu_default_off(image_folder, tmp_path, isolated_cache):
-    for flag, expected in (([], True), (["--no-channels-last"], False)):
+def test_channels_last_is_opt_in(image_folder, tmp_path, isolated_cache):
+    for flag, expected in (([], False), (["--channels-last"], True),
+                           (["--no-channels-last"], False)):
         out = tmp_path / f"r{len(flag)}"
         assert main(["train", "--data", str(image_folder), "--model", "small_cnn", "--widths",
                      "8", "--epochs", "1", "--batch-size", "4", "--validation", "0.25",

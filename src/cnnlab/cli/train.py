@@ -150,9 +150,10 @@ def add_parser(subparsers) -> None:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     run.add_argument("--threads", type=positive_int, default=None,
                      help="torch threads (default: CNNLAB_THREADS or torch's choice)")
-    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                     help="store activations channels-last (default: on for images on the "
-                     "CPU, where it is faster, off on CUDA)")
+    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                     help="store activations channels-last (default: off; faster per step on "
+                     "the CPU, but torch 2.14.1's oneDNN can abort with it there: see "
+                     "TrainConfig.channels_last)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPU")
     run.add_argument("--nproc", type=positive_int, default=None,

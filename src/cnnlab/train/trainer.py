@@ -156,7 +156,8 @@ class Trainer:
         self.extra_config = extra_config or {}
         seed_everything(config.seed)
 
-        self.memory_format = torch.channels_last if self._use_channels_last(train) else \
+        # NCHW unless asked: see TrainConfig.channels_last for why the CPU does not default to it.
+        self.memory_format = torch.channels_last if config.channels_last else \
             torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.forward = self.model
@@ -194,20 +195,6 @@ class Trainer:
         self._check_nonfinite_every = 1 if self.device.type == "cpu" else 50
 
     # ---- setup helpers -------------------------------------------------------------------
-
-    def _use_channels_last(self, train: ArrayDataset) -> bool:
-        """The config's choice; unset, channels_last for images on the CPU.
-
-        On the CPU oneDNN's convolutions and pooling are faster in channels_last:
-        one training step (``benchmarks/bench_step.py``, 1 and 2 threads) of
-        LeNet-5 1.46x and 1.15x, small_cnn 1.30x and 1.17x, fast_resnet 1.24x
-        and 1.27x, ResNet-18 1.06x and 0.97x (parity). On CUDA it pays mainly with
-        mixed precision on tensor cores, not measured here, so it stays opt-in there.
-        """
-        if self.config.channels_last is not None:
-            return self.config.channels_last
-        return self.device.type == "cpu" and train.is_image
-
 
     def _statistics(self, data: ArrayDataset):
         if not data.is_image or data.mean is None:
