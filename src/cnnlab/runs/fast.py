@@ -12,7 +12,10 @@ for the last tenth of a percent:
 - label smoothing 0.2: over-confident logits are what costs accuracy
   early in a short run;
 - pad-4 crop and horizontal flips, batched on the device;
-- channels_last: about a third faster on the CPU (oneDNN's preferred layout);
+- channels_last: about a third faster on the CPU (oneDNN's preferred layout;
+  the trainer's default is NCHW because of a oneDNN crash on narrow 1x1
+  stride-2 convolutions, see ``TrainConfig.channels_last``; this network's
+  have 32 and 64 input channels, clear of it);
 - test-time flips: each test image is scored unflipped and mirrored and
   the two logits averaged (:func:`evaluate_tta`), free accuracy for one
   more forward pass.
