@@ -1,9 +1,9 @@
 """The layouts cnnlab chooses survive the case that crashes oneDNN in channels_last.
 
 With two or more threads, torch 2.14.1's oneDNN (3.12) corrupts the heap in the
-weight gradient of a 1x1 stride-2 convolution with 8 input channels in
-channels_last for batches of 7, 13 or 33 images, and the process aborts
-("double free or corruption"). fast_resnet of width 8 has that convolution in
+weight gradient of a 1x1 stride-2 convolution with 3 or 8 input channels in
+channels_last for some batch sizes (7, 13 and 33 of the sizes tried), and the
+process aborts ("double free or corruption"). fast_resnet of width 8 has that convolution in
 its first downsampling shortcut, and 45 training images in batches of 32 end
 each epoch on a batch of 13. So the trainer defaults to NCHW, while the fast
 preset keeps channels_last: its network (width 32) has 32 and 64 channels into
