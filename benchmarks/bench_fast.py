@@ -1,7 +1,7 @@
 """Time to accuracy of the fast CIFAR-10 preset (``cnnlab.runs.fast``) on this machine.
 
-Trains the fast recipe (fast_resnet, one-cycle SGD with Nesterov momentum,
-label smoothing 0.2, crop + flip, channels_last) and after every epoch
+Trains the fast recipe (pool_resnet with a whitening stem, one-cycle SGD with
+Nesterov momentum, label smoothing 0.2, crop + flip, channels_last) and after every epoch
 measures test accuracy with test-time flips; prints one line per epoch and
 the first epoch (and training seconds) at which each threshold was reached.
 

@@ -6,14 +6,18 @@ import pytest
 
 @pytest.fixture
 def tiny_npz(tmp_path):
-    """Synthetic 8x8 images: class 1 bright at the top, class 0 bright at the bottom."""
+    """Synthetic 16x16 images: class 1 bright at the top, class 0 bright at the bottom.
+
+    16x16, the smallest power of two that the fast preset's network (three halvings after a
+    2x2 stem) accepts.
+    """
     rng = np.random.default_rng(0)
 
     def split(count):
         labels = rng.integers(0, 2, count)
-        images = rng.integers(0, 60, (count, 8, 8, 3)).astype(np.uint8)
+        images = rng.integers(0, 60, (count, 16, 16, 3)).astype(np.uint8)
         for index, label in enumerate(labels):
-            rows = slice(0, 4) if label else slice(4, 8)
+            rows = slice(0, 8) if label else slice(8, 16)
             images[index, rows] += 150
         return images, labels
 

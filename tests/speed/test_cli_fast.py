@@ -12,7 +12,7 @@ def test_preset_fast_trains_and_reports_time_to_accuracy(tiny_npz, tmp_path, cap
                  "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "preset fast: fast_resnet" in printed
+    assert "preset fast: pool_resnet" in printed
     assert "with test-time flips" in printed
     assert "time to 80%:" in printed
     summary = json.loads((out / "summary.json").read_text())

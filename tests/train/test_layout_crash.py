@@ -6,8 +6,8 @@ channels_last for some batch sizes (7, 13 and 33 of the sizes tried), and the
 process aborts ("double free or corruption"). fast_resnet of width 8 has that
 convolution in its first downsampling shortcut, and 45 training images in
 batches of 32 end each epoch on a batch of 13. So the trainer defaults to
-NCHW, while the fast preset keeps channels_last: its network (width 32) has 32
-and 64 channels into those convolutions, where no batch size tried crashed.
+NCHW, while the fast preset keeps channels_last: its network (pool_resnet) has
+no 1x1 convolutions, and its 3-channel stem is frozen (no weight gradient).
 Each run is a child process, so that an abort fails its test instead of ending
 the test session. ``SCRIPT`` with the argument ``channels_last`` shows whether
 an installed torch still has the bug (it aborts where it does).
