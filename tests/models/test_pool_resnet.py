@@ -88,3 +88,13 @@ def test_bad_sizes_and_shapes_are_clear_errors():
         model.fit_whitening(torch.rand(5, 1, 8, 8))
     with pytest.raises(CnnlabError, match="positive channel counts"):
         build_model("pool_resnet", widths="64,0,256")
+
+
+def test_torch_fx_traces_it_with_the_size_check_kept():
+    # `cnnlab inspect` reads the graph from torch.fx: the size check must not stop the trace.
+    model = build_model("pool_resnet", widths="4,4,4").eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(traced(x), model(x))
+    with pytest.raises(CnnlabError, match="at least 9x9"):
+        traced(torch.rand(1, 3, 8, 8))

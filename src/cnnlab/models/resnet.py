@@ -77,6 +77,21 @@ def fast_resnet(num_classes: int = 10, in_channels: int = 3, width: int = 32,
     return FastResNet(num_classes, in_channels, width, blocks_per_stage)
 
 
+def _check_image_size(x: torch.Tensor, stages: int) -> None:
+    """Refuse images too small for pool_resnet, before a pooling layer fails obscurely."""
+    # The 2x2 stem takes one pixel off each dimension and every stage halves it, rounding
+    # down: at least one pixel must survive them all.
+    smallest = 2 ** stages + 1
+    if min(x.shape[-2:]) < smallest:
+        raise CnnlabError(f"pool_resnet needs images of at least {smallest}x{smallest} pixels "
+                          f"(a 2x2 stem, then {stages} halvings), got {x.shape[-2]}x{x.shape[-1]}; "
+                          "use fast_resnet for smaller images")
+
+
+# A leaf for torch.fx: `cnnlab inspect` traces the model symbolically, where shapes are unknown.
+torch.fx.wrap("_check_image_size")
+
+
 class PoolStage(nn.Module):
     """Convolution, 2x2 max pool, batch norm, GELU; then a residual 3x3 convolution.
 
@@ -150,13 +165,7 @@ class PoolResNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]))
 
     def forward(self, x):
-        # The 2x2 stem takes one pixel off each dimension and every stage halves it, rounding
-        # down: at least one pixel must survive them all.
-        smallest = 2 ** len(self.stages) + 1
-        if min(x.shape[-2:]) < smallest:
-            raise CnnlabError(f"pool_resnet needs images of at least {smallest}x{smallest} pixels "
-                              f"(a 2x2 stem, then {len(self.stages)} halvings), got "
-                              f"{x.shape[-2]}x{x.shape[-1]}; use fast_resnet for smaller images")
+        _check_image_size(x, len(self.stages))
         x = self.stages(self.stem_act(self.whiten(x)))
         return self.head(self.pool(x).flatten(1)) * self.logit_scale
 
