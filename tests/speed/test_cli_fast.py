@@ -20,3 +20,43 @@ def test_preset_fast_trains_and_reports_time_to_accuracy(tiny_npz, tmp_path, cap
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["schedule"] == "onecycle" and config["train"]["optimizer"] == "sgd"
     assert config["train"]["label_smoothing"] == 0.2
+
+
+class _Stop(Exception):
+    """Raised by a stand-in trainer once it has seen the epochs it was given."""
+
+
+def test_preset_fast_without_epochs_trains_the_recipes_own_epochs(monkeypatch, tmp_path):
+    import cnnlab.runs.fast as fast
+
+    seen = {}
+
+    def fake_train_fast(data, out, *, epochs, **kwargs):
+        seen["epochs"] = epochs
+        raise _Stop
+
+    monkeypatch.setattr(fast, "train_fast", fake_train_fast)
+    try:
+        main(["train", "--preset", "fast", "--data", "cifar10", "--out", str(tmp_path / "f")])
+    except _Stop:
+        pass
+    # None lets train_fast take FAST_RECIPE.epochs, not the plain trainer's default of 10
+    assert seen == {"epochs": None}
+    assert fast.FAST_RECIPE.epochs != 10
+
+
+def test_plain_train_without_epochs_trains_ten(monkeypatch, tmp_path):
+    import cnnlab.runs as runs
+
+    seen = {}
+
+    def fake_train_run(spec, config, out, **kwargs):
+        seen["epochs"] = config.epochs
+        raise _Stop
+
+    monkeypatch.setattr(runs, "train_run", fake_train_run)
+    try:
+        main(["train", "--model", "lenet5", "--data", "cifar10", "--out", str(tmp_path / "l")])
+    except _Stop:
+        pass
+    assert seen == {"epochs": 10}

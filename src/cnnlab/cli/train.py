@@ -9,6 +9,7 @@ import sys
 from cnnlab._util import CnnlabError
 
 TASKS = ("classify", "binary", "segment", "text", "speech", "tabular")
+DEFAULT_EPOCHS = 10  # cnnlab train without --epochs (the fast preset uses its recipe's)
 
 
 def positive_int(text: str) -> int:
@@ -91,7 +92,9 @@ def add_parser(subparsers) -> None:
                        help="any other model option (JSON value), repeatable")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=positive_int, default=10)
+    optim.add_argument("--epochs", type=positive_int, default=None,
+                       help=f"training epochs (default {DEFAULT_EPOCHS}; with --preset fast, "
+                       "the recipe's own number)")
     optim.add_argument("--batch-size", type=positive_int, default=128)
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     optim.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
@@ -237,7 +240,9 @@ def run_command(args) -> int:
 
     if args.preset == "fast":  # the accuracy-per-minute recipe: src/cnnlab/cli/_fast.py
         from cnnlab.cli._fast import run_preset
-        return run_preset(args)
+        return run_preset(args)  # --epochs left unset: the recipe's own epochs
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args)
     if uses_transfer(args):  # transfer options: see the block at the end of this file
