@@ -8,7 +8,6 @@ import torchvision
 from torch import nn
 
 from cnnlab._util import CnnlabError
-
 from cnnlab.models.deep import ResidualPair
 from cnnlab.models.layers import zero_last_norm
 from cnnlab.models.registry import register_model
