@@ -151,6 +151,9 @@ def test_train_fast_records_test_accuracy_and_milestones(tiny_npz, tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["preset"] == "fast" and summary["test_images"] == 40
+    # the recorded recipe names the epochs this run trained, not the recipe's default
+    assert TINY.epochs != 3 and summary["recipe"]["epochs"] == 3
+    assert json.loads((out / "config.json").read_text())["recipe"]["epochs"] == 3
     assert summary["test_tta"]["accuracy"] == pytest.approx(history[-1]["test_tta_accuracy"])
     milestones = {m["threshold"]: m for m in summary["time_to_accuracy"]}
     assert set(milestones) == {0.5, 1.0}

@@ -39,7 +39,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +347,7 @@ def train_fast(data: str | Path = "cifar10", out: str | Path | None = None, *,
         log.info("budget %.1f min: about %.0f s per epoch here, so %d epochs", minutes_budget,
                  epoch_seconds, epochs)
     epochs = epochs if epochs is not None else recipe.epochs
+    recipe = replace(recipe, epochs=epochs)  # the run's record names the epochs it trained
 
     config = recipe.train_config(epochs, device=device, threads=threads, seed=seed)
     report = TimeToAccuracyReport(test)
