@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from cnnlab.cli.main import main
 
 
@@ -26,37 +28,35 @@ class _Stop(Exception):
     """Raised by a stand-in trainer once it has seen the epochs it was given."""
 
 
+def epochs_given(monkeypatch, module, name, argv, epochs_of):
+    """Run ``cnnlab argv`` with ``module.name`` replaced by a stand-in; the epochs it was given."""
+    seen = []
+
+    def stand_in(*args, **kwargs):
+        seen.append(epochs_of(*args, **kwargs))
+        raise _Stop
+
+    monkeypatch.setattr(module, name, stand_in)
+    with pytest.raises(_Stop):
+        main(argv)
+    return seen
+
+
 def test_preset_fast_without_epochs_trains_the_recipes_own_epochs(monkeypatch, tmp_path):
     import cnnlab.runs.fast as fast
 
-    seen = {}
-
-    def fake_train_fast(data, out, *, epochs, **kwargs):
-        seen["epochs"] = epochs
-        raise _Stop
-
-    monkeypatch.setattr(fast, "train_fast", fake_train_fast)
-    try:
-        main(["train", "--preset", "fast", "--data", "cifar10", "--out", str(tmp_path / "f")])
-    except _Stop:
-        pass
+    seen = epochs_given(monkeypatch, fast, "train_fast",
+                        ["train", "--preset", "fast", "--data", "cifar10", "--out",
+                         str(tmp_path / "f")], lambda *args, epochs, **kwargs: epochs)
     # None lets train_fast take FAST_RECIPE.epochs, not the plain trainer's default of 10
-    assert seen == {"epochs": None}
+    assert seen == [None]
     assert fast.FAST_RECIPE.epochs != 10
 
 
 def test_plain_train_without_epochs_trains_ten(monkeypatch, tmp_path):
     import cnnlab.runs as runs
 
-    seen = {}
-
-    def fake_train_run(spec, config, out, **kwargs):
-        seen["epochs"] = config.epochs
-        raise _Stop
-
-    monkeypatch.setattr(runs, "train_run", fake_train_run)
-    try:
-        main(["train", "--model", "lenet5", "--data", "cifar10", "--out", str(tmp_path / "l")])
-    except _Stop:
-        pass
-    assert seen == {"epochs": 10}
+    seen = epochs_given(monkeypatch, runs, "train_run",
+                        ["train", "--model", "lenet5", "--data", "cifar10", "--out",
+                         str(tmp_path / "l")], lambda spec, config, out, **kwargs: config.epochs)
+    assert seen == [10]

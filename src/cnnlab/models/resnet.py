@@ -152,7 +152,7 @@ class PoolResNet(nn.Module):
 
     @torch.no_grad()
     def fit_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the stem's filters from ``images`` [N, C, H, W] (normalised floats, a few thousand)."""
+        """Set the stem's filters from ``images`` [N, C, H, W], a few thousand normalised."""
         if images.dim() != 4 or images.shape[1] * 4 * 2 != self.whiten.out_channels:
             raise CnnlabError(f"fit_whitening needs images [N, {self.whiten.in_channels}, H, W], "
                               f"got {tuple(images.shape)}")
