@@ -1,19 +1,14 @@
 """benchmarks/bench_train.py: the median run and the rotated order its table rests on."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
+from tests.speed._benchmarks import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("cnnlab_bench_train", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from benchmark_module("bench_train")
 
 
 def test_median_run_keeps_the_middle_speed_not_the_middle_time_order(bench):

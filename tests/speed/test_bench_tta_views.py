@@ -1,20 +1,15 @@
 """benchmarks/bench_tta_views.py: the shifted views whose logits it averages."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_tta_views.py"
+from tests.speed._benchmarks import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("cnnlab_bench_tta_views", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from benchmark_module("bench_tta_views")
 
 
 def test_shifted_moves_the_image_by_one_pixel_with_reflected_edges(bench):

@@ -1,23 +1,16 @@
 """benchmarks/compare.py: the ratios, targets and tables, on fabricated timing results."""
 
-import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-COMPARE_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+from tests.speed._benchmarks import BENCHMARKS, benchmark_module
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("cnnlab_bench_compare", COMPARE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from benchmark_module("compare")
 
 
 def measured(compare, workload, pipeline, seconds, accuracy, images=1000, test_images=500):
@@ -180,7 +173,7 @@ def test_a_benchmark_without_its_data_exits_2_with_the_message_not_a_traceback(t
 
     env = {k: v for k, v in os.environ.items() if k != "CNNLAB_DATA"}
     env["CNNLAB_CACHE"] = str(tmp_path / "cache")
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+    script = BENCHMARKS / "compare.py"
     done = subprocess.run([sys.executable, str(script), "--only", "lenet", "--only", "cnnlab",
                            "--quick"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2, done.stderr
